@@ -1,0 +1,7 @@
+"""mad_jax: Mechanistic Architecture Design (MAD) for sequence models in JAX/Flax."""
+from mad_jax import tasks  # noqa: F401
+from mad_jax import ops  # noqa: F401
+from mad_jax import layers  # noqa: F401
+from mad_jax import models  # noqa: F401
+
+__version__ = "0.1.0"

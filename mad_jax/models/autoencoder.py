@@ -1,0 +1,69 @@
+"""The `autoencoder` backbone of the compression task.
+
+The encoder is the language model's stack of blocks; its hidden state at the last position is the
+code. A fixed, non-expanding two-layer MLP decodes the code plus a sinusoidal position embedding
+into every input position, and a norm + linear map gives the token logits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mad_jax.models.blocks import make_norm
+from mad_jax.models.language_model import Encoder, Unembed
+from mad_jax.models.positions import sincos_positions
+
+
+class Decoder(nn.Module):
+    """code [B, D] -> per-position hidden states [B, L, D] for `length` positions."""
+
+    length: int
+    norm: str = "layernorm"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, code_BxD: jnp.ndarray) -> jnp.ndarray:
+        dim = code_BxD.shape[-1]
+        pos_LxD = sincos_positions(self.length, dim).astype(code_BxD.dtype)
+        x_BxLxD = code_BxD[:, None, :] + pos_LxD[None]
+        for i in range(2):
+            x_BxLxD = make_norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
+                                name=f"norm_{i}")(x_BxLxD)
+            x_BxLxD = nn.Dense(
+                dim, dtype=self.dtype, param_dtype=self.param_dtype, name=f"dense_{i}",
+                kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "mlp")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x_BxLxD)
+            x_BxLxD = nn.gelu(x_BxLxD, approximate=False)
+        return x_BxLxD
+
+
+class AutoEncoder(nn.Module):
+    """Sequence autoencoder: tokens [B, L] -> logits [B, L, V] reconstructing every input token.
+
+    Attributes are those of `LanguageModel`; the encoder is causal, so the last position is the
+    only one that has seen the whole sequence, and it alone is decoded.
+    """
+
+    layers: tuple[str, ...]
+    vocab_size: int
+    max_length: int
+    dim: int = 128
+    norm: str = "layernorm"
+    layer_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    position_embedding: str = "none"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens_BxL: jnp.ndarray) -> jnp.ndarray:
+        x_BxLxD = Encoder(self.layers, self.vocab_size, self.max_length, self.dim, self.norm,
+                          self.layer_overrides, self.position_embedding, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="encoder")(tokens_BxL)
+        code_BxD = x_BxLxD[:, -1, :]
+        h_BxLxD = Decoder(tokens_BxL.shape[1], self.norm, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="decoder")(code_BxD)
+        return Unembed(self.vocab_size, self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name="unembed")(h_BxLxD)

@@ -1,0 +1,54 @@
+"""The pre-norm residual block shared by both backbones, and the norm factory."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mad_jax.layers import registry
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(norm: str, *, dtype: Any, param_dtype: Any, name: str | None = None) -> nn.Module:
+    """LayerNorm (default, as the reference's model config) or RMSNorm; statistics in float32."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+    if norm == "layernorm":
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+        return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+                            bias_init=bias_init, use_fast_variance=False, name=name)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+                          name=name)
+    raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
+
+
+class Block(nn.Module):
+    """x + layer(norm(x)) for one registered layer.
+
+    Attributes:
+      layer: registered layer name.
+      overrides: (key, value) pairs that update the layer's default config.
+      norm: "layernorm" or "rmsnorm".
+    """
+
+    layer: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    norm: str = "layernorm"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
+        spec = registry.get_layer_spec(self.layer)
+        config = {**spec.config, **dict(self.overrides)}
+        fields = getattr(spec.module, "__dataclass_fields__", {})
+        for key in ("dtype", "param_dtype"):
+            if key in fields and key not in dict(self.overrides):
+                config[key] = getattr(self, key)
+        mixer = spec.module(**config, name="mixer")
+        h_BxLxD = make_norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x_BxLxD)
+        y_BxLxD = mixer(h_BxLxD)
+        x_BxLxD = x_BxLxD + y_BxLxD.astype(x_BxLxD.dtype)
+        return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))

@@ -1,0 +1,1 @@
+"""The six MAD synthetic tasks (being written)."""

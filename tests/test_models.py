@@ -1,0 +1,129 @@
+"""Backbones, the hybrid builder and whole-model accounting."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mad_jax
+from mad_jax import layers, models
+
+
+class CumulativeMean(nn.Module):
+    """A user-style causal mixer: Dense(cumulative mean over positions). [B, L, D] -> [B, L, D]."""
+
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        counts_L = jnp.arange(1, x_BxLxD.shape[1] + 1, dtype=jnp.float32)
+        mean_BxLxD = jnp.cumsum(x_BxLxD, axis=1) / counts_L[None, :, None]
+        return nn.Dense(x_BxLxD.shape[-1], name="proj")(mean_BxLxD)
+
+    def flops(self, dim, seq_len):
+        return 2 * seq_len * dim * dim + seq_len * dim
+
+    def state_size(self, dim, seq_len):
+        return dim + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_layer():
+    layers.register_layer("test-cumulative-mean", CumulativeMean, overwrite=True)
+    yield
+    layers.LAYERS.pop("test-cumulative-mean", None)
+
+
+def test_parse_layers_compact_forms():
+    parse = models.parse_layers
+    assert parse("test-cumulative-mean") == ("test-cumulative-mean",)
+    assert parse("(test-cumulative-mean test-cumulative-mean)x2") == ("test-cumulative-mean",) * 4
+    assert parse(" test-cumulative-meanx3 ") == ("test-cumulative-mean",) * 3
+    assert parse(["test-cumulative-mean"]) == ("test-cumulative-mean",)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("no-such-layer", "unknown layer 'no-such-layer'"),
+    ("(test-cumulative-mean", "unbalanced '('"),
+    ("test-cumulative-mean)", "unbalanced ')'"),
+    ("", "at least one layer"),
+])
+def test_parse_layers_errors(bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        models.parse_layers(bad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(backbone="decoder"), "unknown backbone"),
+    (dict(norm="batchnorm"), "unknown norm"),
+    (dict(vocab_size=1), "vocab_size must be an integer >= 2"),
+    (dict(layer_configs={"mlp": {}}), "not in the model's layers"),
+])
+def test_build_errors(kwargs, message):
+    args = dict(layers="test-cumulative-mean", vocab_size=8, max_length=8)
+    with pytest.raises(ValueError, match=message):
+        models.build(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("backbone", ["language-model", "autoencoder"])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_backbones_shapes_and_param_count(backbone, norm):
+    dim, vocab, length = 16, 11, 9
+    model = models.build("test-cumulative-mean test-cumulative-mean", vocab_size=vocab,
+                         max_length=length, dim=dim, backbone=backbone, norm=norm)
+    tokens = jnp.zeros((3, length), jnp.int32)
+    params = model.init(jax.random.key(0), tokens)["params"]
+    logits = model.apply({"params": params}, tokens)
+    assert logits.shape == (3, length, vocab) and logits.dtype == jnp.float32
+    norm_params = 2 * dim if norm == "layernorm" else dim
+    expected = (vocab * dim                       # embedding
+                + 2 * (norm_params + dim * dim + dim)  # two blocks: norm + dense
+                + norm_params + dim * vocab + vocab)   # final norm + unembedding
+    if backbone == "autoencoder":
+        expected += 2 * (norm_params + dim * dim + dim)  # decoder: two (norm, dense) pairs
+    assert models.count_params(params) == expected
+
+
+def test_language_model_is_causal_and_autoencoder_is_not():
+    tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 8)
+    changed = tokens.at[:, 6:].set((tokens[:, 6:] + 1) % 8)
+    for backbone, causal in (("language-model", True), ("autoencoder", False)):
+        model = models.build("test-cumulative-mean", vocab_size=8, max_length=10, dim=16,
+                             backbone=backbone)
+        params = model.init(jax.random.key(0), tokens)["params"]
+        before = model.apply({"params": params}, tokens)[:, :6]
+        after = model.apply({"params": params}, changed)[:, :6]
+        assert np.allclose(before, after, atol=1e-6) == causal
+
+
+def test_input_longer_than_max_length_is_an_error():
+    model = models.build("test-cumulative-mean", vocab_size=8, max_length=4, dim=8)
+    with pytest.raises(ValueError, match="exceeds max_length=4"):
+        model.init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32))
+
+
+def test_params_carry_logical_axis_names():
+    model = models.build("test-cumulative-mean", vocab_size=8, max_length=4, dim=8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    specs = nn.get_partition_spec(variables)["params"]
+    assert tuple(specs["encoder"]["embed"]["tokens"]["embedding"]) == ("vocab", "embed")
+    assert tuple(specs["unembed"]["proj"]["kernel"]) == ("embed", "vocab")
+
+
+def test_model_flops_and_state_size_sum_the_layers():
+    dim, seq_len, vocab = 16, 32, 10
+    per_layer = 2 * seq_len * dim * dim + seq_len * dim
+    got = models.flops("test-cumulative-meanx3", dim=dim, seq_len=seq_len, vocab_size=vocab)
+    assert got == 3 * per_layer + 2 * seq_len * dim * vocab
+    got_ae = models.flops("test-cumulative-mean", dim=dim, seq_len=seq_len, vocab_size=vocab,
+                          backbone="autoencoder")
+    assert got_ae == per_layer + 2 * seq_len * dim * vocab + 2 * 2 * seq_len * dim * dim
+    assert models.state_size("test-cumulative-meanx3", dim=dim, seq_len=seq_len) == 3 * (dim + 1)
+
+
+def test_public_api_names():
+    assert mad_jax.models.build is models.build
+    assert callable(mad_jax.models.count_params)
+    assert isinstance(mad_jax.layers.LAYERS, dict)
