@@ -24,17 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from mad_jax.layers import accounting
+from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.rotary import apply_rotary
 
 # Large, finite: a fully masked row (never produced by a causal mask) would stay finite, not NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-def torch_linear_init(in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:
-    """PyTorch's `nn.Linear` default weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=in_axis,
-                                            out_axis=out_axis)
 
 
 def _masked_attention(q_XxQxHxDh, k_XxKxHxDh, v_XxKxHxDv, allowed_YxQxK):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers import accounting
-from mad_jax.layers.attention import torch_linear_init
+from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 
 _FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mad_jax.layers.accounting import dense_flops
-from mad_jax.layers.channel_mixers import torch_linear_init
+from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 
 

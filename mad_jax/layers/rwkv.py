@@ -28,7 +28,7 @@ import numpy as np
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
-from mad_jax.layers.channel_mixers import torch_dense, torch_linear_init
+from mad_jax.layers.initializers import torch_dense, torch_linear_init
 from mad_jax.layers.registry import register_layer
 
 _F32 = jnp.float32

@@ -1,0 +1,130 @@
+"""The implicit long filter of Hyena (Poli et al. 2023, section 3.3), after athms/mad-lab
+`featurization/hyena_filter.py` (`HyenaFilter`, non-nested, `depth_implicit=2`):
+
+    h[t, c] = FFN(z_t)[c] * (exp(-t_norm * |delta_c|) + shift)
+
+  * z_t: positional features of position t, emb_dim = 1 + 2 * bands (odd, >= 3):
+    [t_norm, cos(f_b w_t), -sin(f_b w_t)] (the real and imaginary parts of exp(-i f_b w_t)) with
+    t_norm = t / (n - 1), w_t = 2 pi t / n and frequencies f = linspace(1e-4, bands - 1, bands);
+    n is the filter horizon (the `max_length` the reference builds the filter for; here the
+    sequence length of the call unless a horizon is given).
+  * FFN: Linear(emb_dim, W) -> Sin -> [Linear(W, W) -> Sin] * num_inner -> Linear(W, C, no bias),
+    where Sin(x) = sin(freq * x) with one trainable freq vector [W] (init `sin_freq`) shared by
+    every Sin of the FFN (the reference reuses one `Sin` module). W is the reference's filter
+    `order`.
+  * modulation: per-channel decay rates |delta_c| spaced linearly from log(target)/slow_decay_pct
+    to log(target)/fast_decay_pct (a fixed buffer in the reference, so not a parameter here),
+    so every channel has decayed to at most `target` (1e-2) at t_norm = slow_decay_pct (1.5) and
+    the fastest one by t_norm = fast_decay_pct (0.3).
+
+Computed in float32. Deviation from the reference: the reference stores z as a trainable
+[max_length, emb_dim] tensor (its intended lr 1e-5 is not applied by the MAD trainer); here z is
+computed from the formula above, so the layer runs at any length and has no length-dependent
+parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mad_jax.layers.initializers import torch_linear_init
+
+
+def positional_features(seq_len: int, emb_dim: int, horizon: int | None = None):
+    """The reference's complex-exponential features for positions 0..seq_len-1.
+
+    Returns (z [L, emb_dim], t_norm [L, 1]) in float32. `horizon` (n above) defaults to seq_len.
+    """
+    if emb_dim < 3 or emb_dim % 2 == 0:
+        raise ValueError(f"filter emb_dim must be odd and >= 3 (time, cos, sin), got {emb_dim}")
+    n = seq_len if horizon is None else horizon
+    pos_L = jnp.arange(seq_len, dtype=jnp.float32)
+    t_Lx1 = (pos_L / max(n - 1, 1))[:, None]
+    w_Lx1 = (2.0 * math.pi * pos_L / n)[:, None]
+    bands = (emb_dim - 1) // 2
+    f_F = jnp.linspace(1e-4, bands - 1, bands, dtype=jnp.float32)
+    phase_LxF = f_F[None, :] * w_Lx1
+    z_LxE = jnp.concatenate([t_Lx1, jnp.cos(phase_LxF), -jnp.sin(phase_LxF)], axis=-1)
+    return z_LxE, t_Lx1
+
+
+def decay_rates(channels: int, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
+                target: float = 1e-2) -> jnp.ndarray:
+    """The per-channel decay rates |delta_c| [C] of the exponential modulation (float32)."""
+    max_decay = math.log(target) / fast_decay_pct
+    min_decay = math.log(target) / slow_decay_pct
+    return jnp.abs(jnp.linspace(min_decay, max_decay, channels, dtype=jnp.float32))
+
+
+class ImplicitFilter(nn.Module):
+    """Hyena's implicit long filter: `__call__(seq_len, horizon=None) -> h [seq_len, channels]`.
+
+    channels: number of filter channels C (one long filter per channel).
+    ffn_width: hidden width W of the FFN (the reference's filter `order`).
+    emb_dim: positional feature size (odd, >= 3; the reference's default 3).
+    num_inner: number of hidden W x W layers (the reference's `depth_implicit`, 2).
+    sin_freq: initial frequency of the Sin activations (the reference's `w`, 1).
+    """
+
+    channels: int
+    ffn_width: int = 16
+    emb_dim: int = 3
+    num_inner: int = 2
+    sin_freq: float = 1.0
+    modulate: bool = True
+    fast_decay_pct: float = 0.3
+    slow_decay_pct: float = 1.5
+    target: float = 1e-2
+    shift: float = 0.0
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, seq_len: int, horizon: int | None = None) -> jnp.ndarray:
+        z_LxE, t_Lx1 = positional_features(seq_len, self.emb_dim, horizon)
+        freq_W = self.param(
+            "sin_freq", nn.with_logical_partitioning(nn.initializers.constant(self.sin_freq),
+                                                     (None,)),
+            (self.ffn_width,), self.param_dtype).astype(jnp.float32)
+
+        def dense(features, use_bias, axes, name):
+            # The reference's backbone zeroes every Linear bias at init.
+            return nn.Dense(features, use_bias=use_bias, dtype=jnp.float32,
+                            param_dtype=self.param_dtype,
+                            kernel_init=nn.with_logical_partitioning(torch_linear_init(), axes),
+                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                   axes[-1:]),
+                            name=name)
+
+        h_LxW = jnp.sin(freq_W * dense(self.ffn_width, True, (None, None), "in")(z_LxE))
+        for i in range(self.num_inner):
+            hidden = dense(self.ffn_width, True, (None, None), f"hidden_{i}")
+            h_LxW = jnp.sin(freq_W * hidden(h_LxW))
+        h_LxC = dense(self.channels, False, (None, "mlp"), "out")(h_LxW)
+        if self.modulate:
+            rates_C = decay_rates(self.channels, self.fast_decay_pct, self.slow_decay_pct,
+                                  self.target)
+            h_LxC = h_LxC * (jnp.exp(-t_Lx1 * rates_C) + self.shift)
+        return h_LxC
+
+
+def implicit_filter_params(channels: int, ffn_width: int, emb_dim: int = 3,
+                           num_inner: int = 2) -> int:
+    """Parameter count of ImplicitFilter: shared sin freq W, input layer (E+1) W, inner layers
+    num_inner * (W+1) W, bias-free output layer W C."""
+    return (ffn_width + (emb_dim + 1) * ffn_width + num_inner * (ffn_width + 1) * ffn_width
+            + ffn_width * channels)
+
+
+def implicit_filter_flops(seq_len: int, channels: int, ffn_width: int, emb_dim: int = 3,
+                          num_inner: int = 2, modulate: bool = True) -> int:
+    """Forward FLOPs of generating the filter for L positions: the FFN's dense maps
+    (2 L E W + num_inner 2 L W W + 2 L W C), its Sin activations (2 L W each: scale and sine) and
+    the modulation (2 L C: decay and product). Positional features are O(L * E) and ignored."""
+    dense = 2 * seq_len * (emb_dim * ffn_width + num_inner * ffn_width * ffn_width
+                           + ffn_width * channels)
+    sines = 2 * seq_len * ffn_width * (1 + num_inner)
+    modulation = 2 * seq_len * channels if modulate else 0
+    return int(dense + sines + modulation)
