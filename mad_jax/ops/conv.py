@@ -1,0 +1,46 @@
+"""Long causal depthwise convolution (the Hyena long filter)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mad_jax.ops import dispatch
+
+
+def _pad_filter(h_LhxD: jnp.ndarray, seq_len: int) -> jnp.ndarray:
+    filter_len = h_LhxD.shape[0]
+    if filter_len > seq_len:
+        raise ValueError(f"filter length {filter_len} exceeds sequence length {seq_len}")
+    return jnp.pad(h_LhxD, ((0, seq_len - filter_len), (0, 0)))
+
+
+def fft_causal_conv(x_BxLxD: jnp.ndarray, h_LhxD: jnp.ndarray) -> jnp.ndarray:
+    """Reference: y[b,t,d] = sum_{s<=t} h[t-s,d] x[b,s,d] via a length-2L real FFT, in float32.
+
+    x: [B, L, D]; h: [Lh, D] with Lh <= L (zero-padded to L). Returns [B, L, D] in x.dtype.
+    """
+    seq_len = x_BxLxD.shape[1]
+    h_LxD = _pad_filter(h_LhxD, seq_len).astype(jnp.float32)
+    n = 2 * seq_len
+    x_f = jnp.fft.rfft(x_BxLxD.astype(jnp.float32), n=n, axis=1)
+    h_f = jnp.fft.rfft(h_LxD, n=n, axis=0)
+    y_BxLxD = jnp.fft.irfft(x_f * h_f[None], n=n, axis=1)[:, :seq_len]
+    return y_BxLxD.astype(x_BxLxD.dtype)
+
+
+def causal_conv(x_BxLxD: jnp.ndarray, h_LhxD: jnp.ndarray, *, impl: str = "auto") -> jnp.ndarray:
+    """Long causal depthwise convolution y[b,t,d] = sum_{s<=t} h[t-s,d] x[b,s,d].
+
+    x: [B, L, D]; h: [Lh, D], Lh <= L. Computed in float32, returned in x.dtype. `impl` picks the
+    Pallas kernel or the FFT reference (see `mad_jax.ops.dispatch`).
+    """
+    choice, forced = dispatch.resolve_impl(impl, "causal_conv")
+    if choice == "pallas":
+        import pallas_kernels
+
+        h_LxD = _pad_filter(h_LhxD, x_BxLxD.shape[1])
+        try:
+            return pallas_kernels.causal_conv(x_BxLxD, h_LxD)
+        except pallas_kernels.UnsupportedShapeError:
+            if forced:
+                raise
+    return fft_causal_conv(x_BxLxD, h_LhxD)
