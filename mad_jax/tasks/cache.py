@@ -1,0 +1,99 @@
+"""`load`: a setting's train or test split, optionally through an on-disk cache.
+
+A cache entry is one .npz file named by a hash of (format version, task, resolved generation
+parameters, split, seed, number of examples). Writers write a private temporary file in the
+cache directory, fsync it and os.replace it onto the entry: the replace is atomic on POSIX, so
+readers see either no entry or a whole one, and two processes writing the same entry at once both
+succeed (the content is identical; the last replace wins). An entry that fails to load or does not
+match its key is regenerated and rewritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from mad_jax.tasks import grid, seeding, validation
+from mad_jax.tasks.generation import generate
+from mad_jax.tasks.registry import check_split, get_task, resolve_params
+
+FORMAT_VERSION = 1
+
+
+def _num_examples(task: str, setting: Mapping[str, Any], split: str) -> int:
+    key = "num_train_examples" if split == "train" else "num_test_examples"
+    return validation.non_negative_int(key, setting.get(key, grid.baseline(task)[key]))
+
+
+def cache_key(task: str, params: Mapping[str, Any], split: str, seed: int,
+              num_examples: int) -> str:
+    """The file-name hash of a data set: 32 hex digits."""
+    words = seeding.stable_hash_words(FORMAT_VERSION, task, dict(params), split, int(seed),
+                                      int(num_examples))
+    return "".join(f"{w:08x}" for w in words)
+
+
+def cache_path(cache_dir: str | os.PathLike, task: str, setting: Mapping[str, Any], split: str,
+               seed: int) -> str:
+    """Where `load` keeps this data set under `cache_dir`."""
+    params = resolve_params(task, setting)
+    key = cache_key(task, params, split, seed, _num_examples(task, setting, split))
+    return os.path.join(os.fspath(cache_dir), f"{task}-{split}-{key}.npz")
+
+
+def _read(path: str, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["meta"]) != meta:
+                return None
+            return data["inputs"], data["targets"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged entry: regenerate it
+
+
+def _write(path: str, inputs: np.ndarray, targets: np.ndarray, meta: str) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, inputs=inputs, targets=targets, meta=np.array(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(task: str, setting: Mapping[str, Any], split: str, *, seed: int,
+         cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The `split` data set of a setting: (inputs, targets), int32 [num_examples, length].
+
+    num_examples is setting["num_train_examples"] for "train" and setting["num_test_examples"] for
+    "test" (the task's baseline sizes where absent). With cache_dir, reads the data set from the
+    cache or generates and writes it there.
+    """
+    get_task(task)
+    check_split(split)
+    seed = validation.non_negative_int("seed", seed)
+    params = resolve_params(task, setting)
+    num_examples = _num_examples(task, setting, split)
+    if cache_dir is None:
+        return generate(task, num_examples=num_examples, seed=seed, split=split, **params)
+    path = cache_path(cache_dir, task, setting, split, seed)
+    meta = json.dumps({"format": FORMAT_VERSION, "task": task, "params": params, "split": split,
+                       "seed": seed, "num_examples": num_examples}, sort_keys=True)
+    cached = _read(path, meta)
+    if cached is not None:
+        return cached
+    inputs, targets = generate(task, num_examples=num_examples, seed=seed, split=split, **params)
+    _write(path, inputs, targets, meta)
+    return inputs, targets
