@@ -1,0 +1,165 @@
+"""The scaling sweep: corpus -> IsoFLOP runs -> fits, plots and report (configs of kind "scaling").
+
+    python -m experiments.sweep --config=experiments/configs/scaling.py:preset=cpu
+    python -m experiments.scaling_sweep --config=experiments/configs/scaling.py:smoke
+
+`experiments.sweep` calls `run_from_config(config)` for such configs. Workdir layout:
+    corpus/            the token store (built from corpus.inputs when missing)
+    runs/<run>.json    one per finished run (plan, result row, loss curve)
+    results.csv        the results table (rewritten after every run)
+    summary.json, report.md, plots/*.png
+Re-running the same command resumes: finished runs are skipped. Bad input ends with one line
+("error: ...") and exit status 1.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.configs import scaling as scaling_config
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in str(text).replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive numbers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
+def open_corpus(cfg, log=_log):
+    """Opens the config's token store, building it from `corpus.inputs` when it is missing."""
+    import jax
+
+    from mad_jax.scaling import storage
+    from mad_jax.scaling.corpus import build_corpus
+    from mad_jax.scaling.token_store import META, TokenStore
+
+    path = cfg.corpus.path or storage.join(cfg.workdir, "corpus")
+    if not storage.exists(storage.join(path, META)):
+        if not cfg.corpus.inputs:
+            raise FileNotFoundError(
+                f"missing corpus: no token store at {path} and corpus.inputs is empty; build one "
+                f"with `python -m experiments.build_corpus --output={path} --inputs=<files>` or "
+                "set --config.corpus.inputs")
+        if jax.process_count() > 1:
+            raise FileNotFoundError(f"missing corpus at {path}: build it once before a multi-host "
+                                    "sweep (python -m experiments.build_corpus)")
+        log(f"building the token store {path} from {cfg.corpus.inputs}")
+        build_corpus(path, cfg.corpus.inputs, tokenizer=cfg.corpus.tokenizer,
+                     validation_fraction=cfg.corpus.validation_fraction,
+                     max_bytes=cfg.corpus.max_bytes or None, seed=cfg.seed, log=log)
+    store = TokenStore.open(path)
+    wanted = cfg.corpus.tokenizer.rstrip("/").rsplit("/", 1)[-1]
+    if store.meta["tokenizer"] != wanted:
+        raise ValueError(f"token store {path} was built with tokenizer "
+                         f"{store.meta['tokenizer']!r}, the config asks for "
+                         f"{cfg.corpus.tokenizer!r}; set corpus.path to another store")
+    return store
+
+
+def run_from_config(config) -> int:
+    """Runs the whole scaling sweep for a `kind = "scaling"` config; returns the exit status."""
+    try:
+        return _run(config)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
+        message = " ".join(str(e).strip("'\"").split())
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run(config) -> int:
+    import jax
+    import numpy as np
+
+    from mad_jax import sharding
+    from mad_jax.scaling import isoflop, report, storage, window_source
+
+    cfg = scaling_config.resolve(config)
+    families = _names(cfg.families)
+    budgets = _floats(cfg.budgets, "budgets")
+    sizes = _floats(cfg.sizes, "sizes")
+    sharding.initialize(cfg.distributed)
+    writer = jax.process_index() == 0
+    log = _log if writer else (lambda _line: None)
+    t0 = time.time()
+    if cfg.plan_only:
+        from mad_jax.scaling.tokenizer import load_tokenizer
+
+        store, vocab_size = None, load_tokenizer(cfg.corpus.tokenizer).vocab_size
+    else:
+        store = open_corpus(cfg, log)
+        vocab_size = store.vocab_size
+        log(f"corpus: {store}")
+    plan = isoflop.plan_isoflop(
+        families, budgets, sizes=sizes, vocab_size=vocab_size, seq_len=cfg.seq_len,
+        global_batch=cfg.global_batch, spec=cfg.ladder, attention_ratio=cfg.attention_ratio,
+        min_steps=cfg.min_steps,
+        tokens_per_param=(cfg.tokens_per_param_min, cfg.tokens_per_param_max))
+    for warning in plan.warnings:
+        log(f"warning: {warning}")
+    log(f"plan: {len(plan.runs)} runs, {len(families)} families x {len(budgets)} budgets, "
+        f"{plan.total_flops():.3g} FLOPs in all (preset {cfg.preset}, workdir {cfg.workdir})")
+    if cfg.plan_only:
+        for run in plan.runs:
+            log(f"  {run.name}: {run.rung.params:,} params, {run.tokens:,} tokens "
+                f"({run.tokens / run.rung.params:.1f}/param), {run.steps} steps, "
+                f"{run.flops:.3g} FLOPs")
+        return 0
+    if writer:
+        storage.write_json(storage.join(cfg.workdir, "config.json"), cfg.to_dict())
+    itemsize = 2 if store.meta["dtype"] == "uint16" else 4
+    tokens = store.load("train") if store.num_tokens("train") * itemsize <= 512 << 20 else store
+    eval_windows = window_source.eval_windows(store, seq_len=cfg.seq_len,
+                                              num_windows=cfg.num_eval_windows)
+    train = {k: v for k, v in cfg.train.to_dict().items() if v is not None}
+    train.update(seed=cfg.seed, data_seed=cfg.seed)
+    rows = isoflop.run_isoflop(plan, tokens, eval_windows, cfg.workdir, pretrain_overrides=train,
+                               log=log, is_writer=writer,
+                               checkpoints=bool(train.get("checkpoint_every_steps")))
+    if writer and cfg.report:
+        setup = {"preset": cfg.preset, "corpus": store.path, "tokenizer": store.meta["tokenizer"],
+                 "train_tokens": store.num_tokens("train"),
+                 "eval_tokens": int(np.prod(eval_windows[:, 1:].shape)), "seq_len": cfg.seq_len,
+                 "global_batch": cfg.global_batch, "ladder": cfg.ladder,
+                 "learning_rate": train.get("learning_rate")}
+        summary = report.write_report(rows, cfg.workdir, bootstrap=cfg.bootstrap, seed=cfg.seed,
+                                      mad_scores=cfg.mad_scores or None,
+                                      mad_arch_map=cfg.mad_arch_map, setup=setup, log=log)
+        for line in report.summary_lines(summary):
+            log(line)
+    log(f"done: {len(rows)} runs in {(time.time() - t0) / 60:.1f} min; results in {cfg.workdir}")
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+    if flags.FLAGS.config is None:
+        print("error: --config is required, e.g. "
+              "--config=experiments/configs/scaling.py:preset=cpu", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_from_config(flags.FLAGS.config))
+
+
+if __name__ == "__main__":
+    # Defined here, not at import: experiments.sweep owns --config when it imports this module.
+    config_flags.DEFINE_config_file(
+        "config", None, "scaling config, e.g. experiments/configs/scaling.py:preset=cpu",
+        lock_config=True)
+
+    app.run(main)
