@@ -5,3 +5,4 @@ from mad_jax import layers  # noqa: F401
 from mad_jax import models  # noqa: F401
 
 __version__ = "0.1.0"
+from mad_jax import training, protocol  # noqa: F401,E402

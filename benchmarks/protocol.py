@@ -1,0 +1,111 @@
+"""Steps/s of the hyperparameter grid: 6 runs vmapped in one program vs the 6 runs one after another.
+
+    .venv/bin/python -m benchmarks.protocol                       # default hybrid, in-context recall
+    .venv/bin/python -m benchmarks.protocol --layers="mh-attention swiglu" --batch_size=64
+
+Both modes train the same model on the same batches with the same compiled step semantics; a
+"grid step" advances all six runs by one step. Prints a Markdown table and writes it, with the
+machine's details, to benchmarks/results/protocol-<time>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mad_jax import models, tasks, training
+from mad_jax.training.train import compile_grid_programs, _pad_test_set
+
+
+def _time_steps(step, states, batches, n_steps):
+    """(wall s, process CPU s) for n_steps grid steps; `step(states, batch) -> states` advances
+    every run once. CPU seconds (all threads) are what a shared, loaded machine cannot distort."""
+    states = step(states, batches[0])  # warm-up (first execution allocates)
+    jax.block_until_ready(states)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n_steps):
+        states = step(states, batches[(i + 1) % len(batches)])
+    jax.block_until_ready(states)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", default="hyena swiglu mh-attention swiglu")
+    p.add_argument("--task", default="in-context-recall")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10, help="timed grid steps per mode")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = p.parse_args()
+
+    setting = tasks.settings(args.task)[0]
+    setting.update(num_train_examples=4 * args.batch_size, num_test_examples=args.batch_size)
+    inputs, targets = tasks.load(args.task, setting, "train", seed=0)
+    test = _pad_test_set(*tasks.load(args.task, setting, "test", seed=0), args.batch_size)
+    model = models.build(args.layers, vocab_size=setting["vocab_size"],
+                         max_length=inputs.shape[1], dim=args.dim,
+                         backbone=tasks.TASK_BACKBONE[args.task])
+    batches = [{"inputs": jnp.asarray(inputs[i::4][:args.batch_size]),
+                "targets": jnp.asarray(targets[i::4][:args.batch_size])} for i in range(4)]
+    batch_spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        batches[0])
+    tx = training.make_optimizer()
+    params = training.init_params(model, jax.random.key(0), batches[0]["inputs"][:1])
+    rng = jax.random.key_data(jax.random.key(1))
+    grid = training.DEFAULT_GRID
+    rows = []
+
+    # vmapped: one program, six runs.
+    state = training.init_grid_state(params, tx, grid, total_steps=1000, rng=rng)
+    t0 = time.perf_counter()
+    train_c, _ = compile_grid_programs(model, tx, state, batch_spec, test, vmapped=True,
+                                       min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
+    compile_s = time.perf_counter() - t0
+    wall, cpu = _time_steps(lambda s, b: train_c(s, b)[0], state, batches, args.steps)
+    rows.append(("vmapped (1 program, 6 runs)", compile_s, args.steps / wall, cpu / args.steps))
+
+    # sequential: six single-run states, the same single-run program called six times per step.
+    states = [training.init_grid_state(params, tx, [g], total_steps=1000, rng=rng) for g in grid]
+    t0 = time.perf_counter()
+    single_c, _ = compile_grid_programs(model, tx, states[0], batch_spec, test, vmapped=False,
+                                        min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
+    compile_s = time.perf_counter() - t0
+    wall, cpu = _time_steps(lambda ss, b: [single_c(s, b)[0] for s in ss], states, batches,
+                            args.steps)
+    rows.append(("sequential (6 runs one after another)", compile_s, args.steps / wall,
+                 cpu / args.steps))
+
+    base = rows[1][2]
+    n_params = training.count_params(params)
+    header = (f"grid of {len(grid)} (lr, wd) runs; {args.layers!r} dim {args.dim} "
+              f"({n_params:,} params); {args.task} L={inputs.shape[1]}, batch {args.batch_size}; "
+              f"{jax.devices()[0].platform} {jax.devices()[0].device_kind} x{jax.device_count()}, "
+              f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}")
+    lines = [header, "", "| mode | compile s | grid steps/s | run steps/s | speed-up | "
+             "CPU s per grid step | speed-up in CPU s |", "|---|---|---|---|---|---|---|"]
+    for name, c, sps, cpu in rows:
+        lines.append(f"| {name} | {c:.1f} | {sps:.3f} | {sps * len(grid):.2f} | "
+                     f"{sps / base:.2f}x | {cpu:.2f} | {rows[1][3] / cpu:.2f}x |")
+    print("\n".join(lines), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    record = {"args": vars(args), "params": n_params, "platform": platform.platform(),
+              "device": str(jax.devices()[0]), "load_avg": os.getloadavg(),
+              "rows": [{"mode": n, "compile_s": c, "grid_steps_per_s": s, "cpu_s_per_grid_step": u}
+                       for n, c, s, u in rows],
+              "table": "\n".join(lines)}
+    path = os.path.join(args.out, f"protocol-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

@@ -1,0 +1,186 @@
+"""The MAD sweep CLI: one or several architectures through the protocol, then a score table and report.
+
+    python -m experiments.sweep --config=experiments/configs/mad.py --config.preset=smoke \
+        --config.workdir=workdir/smoke
+    python -m experiments.sweep --config=experiments/configs/compare.py:quick
+
+Workdir layout: <workdir>/<arch>/{protocol.json, results.csv, runs/...} per architecture (see
+mad_jax.protocol.run), and <workdir>/results.csv (all architectures), report.md, report.html,
+plots/*.png. Re-running the same command resumes: finished runs are skipped, a killed setting
+continues from its last checkpoint. Errors that stop the sweep print one line and exit non-zero.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "sweep config file, e.g. experiments/configs/mad.py[:preset]", lock_config=True)
+
+
+class SweepError(Exception):
+    """A problem with the sweep's inputs; printed as one line, exit status 1."""
+
+
+def _fail(message: str, status: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (unknown config field, bad value, missing file)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+        if any(l.startswith("Traceback") for l in lines):  # an exception inside get_config()
+            lines = [lines[0].split(":")[0] + ":", lines[-1]]
+        _fail(" ".join(" ".join(lines).split()), status=2)
+    except (AttributeError, KeyError) as e:  # --config.<field> that the locked config lacks
+        text = str(e)
+        while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            try:  # ml_collections nests repr()s of the message
+                text = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                break
+        _fail(f"unknown config field {' '.join(text.split())}", status=2)
+    except Exception as e:  # a config file that fails to load or to apply its argument
+        _fail(f"cannot load config: {type(e).__name__}: {' '.join(str(e).split())}", status=2)
+
+
+def arch_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", name.strip().replace(" ", "+")).strip("-") or "model"
+
+
+def architectures(config) -> dict[str, str]:
+    """{arch name: layer string} from a config with `architectures` or `layers` (+ `name`)."""
+    if "architectures" in config:
+        archs = {str(k): str(v) for k, v in config.architectures.items()}
+    else:
+        archs = {config.get("name") or arch_slug(config.layers): config.layers}
+    if not archs:
+        raise SweepError("the config names no architecture")
+    return archs
+
+
+def parse_grid(text: str):
+    """"lr:wd,lr:wd" -> ((lr, wd), ...); "" -> None (the protocol grid)."""
+    if not text:
+        return None
+    try:
+        grid = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(","))
+    except ValueError:
+        grid = ()
+    if not grid or any(len(g) != 2 for g in grid):
+        raise SweepError(f"grid must look like '1e-4:0,1e-3:0.1', got {text!r}")
+    return grid
+
+
+def make_model_fn(layers: str, *, dim: int, norm: str):
+    """model_fn(task, vocab_size, max_length) for a registered-layer hybrid (backbone per task)."""
+    from mad_jax import models, tasks
+
+    def model_fn(task: str, vocab_size: int, max_length: int):
+        return models.build(layers, vocab_size=vocab_size, max_length=max_length, dim=dim,
+                            norm=norm, backbone=tasks.TASK_BACKBONE[task])
+    return model_fn
+
+
+def validate(config) -> dict:
+    """Checks everything that can be checked before training; returns the parsed sweep plan."""
+    from mad_jax import models, protocol
+    from mad_jax.training import TrainConfig
+
+    try:
+        preset = protocol.get_preset(config.preset)
+        tasks = protocol.check_tasks(config.tasks)
+        grid = parse_grid(config.grid)
+        archs = architectures(config)
+        for name, layers in archs.items():
+            try:
+                models.build(layers, vocab_size=16, max_length=8, dim=config.dim, norm=config.norm)
+            except ValueError as e:
+                raise SweepError(f"architecture {name!r}: {e}") from None
+        overrides = {k: v for k, v in config.train.items() if v is not None}
+        protocol.train_config(preset, seed=config.seed, overrides=overrides)
+        TrainConfig.from_any(overrides)
+    except (ValueError, KeyError) as e:
+        raise SweepError(" ".join(str(e).strip("'\"").split())) from None
+    protocol.check_writable(config.workdir)
+    return {"preset": preset, "tasks": tasks, "grid": grid, "archs": archs,
+            "overrides": overrides}
+
+
+def sweep(config) -> "pandas.DataFrame":
+    import pandas as pd
+
+    from mad_jax import protocol
+    from mad_jax.protocol import results_table
+
+    plan = validate(config)
+    workdir = config.workdir
+    cache_dir = config.cache_dir or os.path.join(workdir, "data")
+    # Compiled programs persist across restarts: a resumed sweep does not compile again.
+    import jax
+    jax.config.update("jax_compilation_cache_dir",
+                      config.jax_cache_dir or os.path.join(workdir, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    t0 = time.time()
+    tables = []
+    for name, layers in plan["archs"].items():
+        print(f"== {name}: {layers}", flush=True)
+        out_dir = os.path.join(workdir, arch_slug(name))
+        model_fn = make_model_fn(layers, dim=config.dim, norm=config.norm)
+        tables.append(protocol.run(
+            model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
+            arch=name, seed=config.seed, train_overrides=plan["overrides"], cache_dir=cache_dir,
+            log=_progress_printer(config.progress_every_s)))
+    results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
+    results_table.write(os.path.join(workdir, results_table.RESULTS_FILE), results)
+    # The score table comes first in what the user reads at the end.
+    print("\n" + protocol.preset_notice(results))
+    print(protocol.format_score_table(results) + "\n", flush=True)
+    if config.report:
+        paths = protocol.write_report(workdir, results)
+        print(f"report: {paths['md']} (and {os.path.basename(paths['html'])}, plots/)")
+    failed = int((results["status"] != "ok").sum())
+    print(f"{len(results)} runs ({failed} failed) in {(time.time() - t0) / 60:.1f} min; "
+          f"results: {os.path.join(workdir, results_table.RESULTS_FILE)}", flush=True)
+    return results
+
+
+def _progress_printer(every_s: float):
+    def log(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+    return log
+
+
+def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # orbax and jax log every checkpoint at INFO
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}", status=2)
+    if flags.FLAGS["config"].present == 0:
+        _fail("--config is required, e.g. --config=experiments/configs/mad.py", status=2)
+    try:
+        config = _CONFIG.value
+        config.keys()  # config_flags reports a file that failed to load only on first use
+    except Exception as e:
+        _fail(f"cannot load config: {' '.join(str(e).split())}", status=2)
+    from mad_jax.protocol import ProtocolError
+    try:
+        sweep(config)
+    except (SweepError, ProtocolError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume", status=130)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,60 @@
+"""Protocol presets: which settings run and with what training budget.
+
+`full` is the MAD protocol of the paper (DESIGN.md). `quick` and `smoke` shrink it so it runs on a
+CPU; their scores are written with their preset name and are NOT MAD scores.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    settings: str                 # "all": the 66-setting grid; "baseline": each task's baseline
+    train: Mapping[str, Any]      # TrainConfig overrides (mad_jax.training.TrainConfig)
+
+    @property
+    def is_mad(self) -> bool:
+        """Whether scores from this preset are MAD scores (only the full protocol's are)."""
+        return self.name == "full"
+
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset(
+        name="full",
+        description="the MAD protocol: 66 settings x 6 (lr, wd); AdamW, cosine to 1e-6, 200 epochs, "
+                    "batch 128, 12,800 train / 1,280 test examples (varied by the grid)",
+        settings="all",
+        train={"train_epochs": 200, "batch_size": 128, "eval_every_epochs": 1,
+               "checkpoint_every_epochs": 10, "log_every_steps": 100},
+    ),
+    "quick": Preset(
+        name="quick",
+        description="CPU in under an hour: each task's baseline x 6 (lr, wd); 1,000 steps of batch "
+                    "64 on up to 12,800 examples, 512 test examples",
+        settings="baseline",
+        train={"train_steps": 1000, "batch_size": 64, "max_test_examples": 512,
+               "eval_every_steps": 100, "checkpoint_every_steps": 100, "log_every_steps": 25},
+    ),
+    "smoke": Preset(
+        name="smoke",
+        description="CI / laptop check in minutes: each task's baseline x 6 (lr, wd); 16 steps of "
+                    "batch 8 on 256 examples, 64 test examples",
+        settings="baseline",
+        train={"train_steps": 16, "batch_size": 8, "max_train_examples": 256,
+               "max_test_examples": 64, "eval_every_steps": 8, "checkpoint_every_steps": 8,
+               "log_every_steps": 4},
+    ),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}") from None

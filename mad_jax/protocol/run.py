@@ -1,0 +1,211 @@
+"""`run`: every setting of every task x the hyperparameter grid -> a results table (one row per run).
+
+Layout of `out_dir` (one architecture):
+
+    out_dir/protocol.json                       preset, seed, grid, arch: checked on every restart
+    out_dir/results.csv                         one row per finished run (rewritten atomically)
+    out_dir/runs/<task>/<setting>/result.json   the setting's runs with loss and accuracy curves
+    out_dir/runs/<task>/<setting>/<lr=..,wd=..>/metrics.jsonl + events.out.tfevents.*
+    out_dir/runs/<task>/<setting>/checkpoints/  orbax checkpoints while the setting trains
+
+A finished run (a row in results.csv, ok or failed) is never trained again; a setting killed
+mid-way resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from mad_jax.protocol import results_table
+from mad_jax.protocol.presets import Preset, get_preset
+from mad_jax.protocol.progress import Progress, format_duration
+from mad_jax.training.config import TrainConfig, to_steps
+from mad_jax.training.hparam_grid import DEFAULT_GRID
+from mad_jax.training.io import atomic_write_json
+from mad_jax.training.train import fit, load_task_data
+
+PROTOCOL_FILE = "protocol.json"
+
+
+class ProtocolError(ValueError):
+    """The protocol cannot start or go on (bad names, unusable out_dir, mismatched workdir)."""
+
+
+def check_tasks(tasks: Sequence[str] | str | None) -> list[str]:
+    """Task names (all six if None); a comma-separated string is accepted."""
+    from mad_jax import tasks as tasks_lib
+
+    if tasks is None or tasks == "" or tasks == "all":
+        return list(tasks_lib.TASKS)
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in tasks_lib.TASKS]
+    if unknown:
+        raise ProtocolError(f"unknown task(s) {', '.join(map(repr, unknown))}; "
+                            f"valid tasks: {', '.join(tasks_lib.TASKS)}")
+    return list(dict.fromkeys(tasks))
+
+
+def check_writable(out_dir: str) -> None:
+    """Creates out_dir and checks a file can be written there (ProtocolError if not)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ProtocolError(f"workdir {out_dir!r} is not writable: {e.strerror or e}") from None
+
+
+def plan(tasks: Sequence[str], preset: Preset) -> list[tuple[str, dict, str]]:
+    """(task, setting, setting name) of every setting the preset runs, in grid order."""
+    from mad_jax import tasks as tasks_lib
+
+    out = []
+    for task in tasks:
+        all_settings = tasks_lib.settings(task)
+        chosen = all_settings if preset.settings == "all" else all_settings[:1]
+        out.extend((task, s, tasks_lib.setting_name(task, s)) for s in chosen)
+    return out
+
+
+def train_config(preset: Preset, *, seed: int = 0,
+                 overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The preset's training config, with the seed and any user overrides applied."""
+    cfg = dict(preset.train)
+    cfg.update({"seed": seed, "data_seed": seed})
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            for family in ("train", "eval_every", "checkpoint_every"):
+                if k.startswith(family + "_") and k[len(family) + 1:] in ("steps", "epochs",
+                                                                          "examples"):
+                    for unit in ("steps", "epochs", "examples"):
+                        cfg.pop(f"{family}_{unit}", None)
+            cfg[k] = v
+    return TrainConfig.from_any(cfg)
+
+
+def _check_protocol_file(out_dir: str, record: dict) -> None:
+    path = os.path.join(out_dir, PROTOCOL_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        for k in ("preset", "seed", "train"):
+            if old.get(k) != record[k]:
+                raise ProtocolError(
+                    f"{out_dir} holds results made with {k}={old.get(k)!r}, not {record[k]!r}; "
+                    "use another workdir (results of different protocols must not mix)")
+    atomic_write_json(path, record)
+
+
+def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
+        grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
+        arch: str | None = None, seed: int = 0, train_overrides: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Runs the MAD protocol for one architecture and returns the results table (one row per run).
+
+    model_fn(task, vocab_size, max_length) -> flax Module (the user's architecture).
+    out_dir: where results, per-run metrics and checkpoints go (layout in the module docstring).
+    tasks: task names (default: all six). grid: (lr, wd) pairs (default: DEFAULT_GRID).
+    preset: "full" (the paper's protocol: 66 settings x 6 runs, 200 epochs), "quick" or "smoke"
+      (see mad_jax.protocol.PRESETS); every row records its preset.
+    arch: the name written in the `arch` column (default: model_fn's __name__).
+    train_overrides: TrainConfig fields that override the preset's (e.g. {"train_steps": 50}).
+    """
+    preset = get_preset(preset)
+    tasks = check_tasks(tasks)
+    grid = tuple((float(lr), float(wd)) for lr, wd in (grid or DEFAULT_GRID))
+    arch = arch or getattr(model_fn, "__name__", "model")
+    out_dir = os.fspath(out_dir)
+    check_writable(out_dir)
+    cfg = train_config(preset, seed=seed, overrides=train_overrides)
+    _check_protocol_file(out_dir, {
+        "preset": preset.name, "seed": seed, "arch": arch,
+        "train": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, grid=None)))),
+        "grid": [list(g) for g in grid], "is_mad_score": preset.is_mad})
+    results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
+    results = results_table.read(results_path)
+    done = results_table.done_keys(results)
+
+    settings = plan(tasks, preset)
+    work = []
+    for task, setting, name in settings:
+        n_train = setting["num_train_examples"]
+        if cfg.max_train_examples:
+            n_train = min(n_train, cfg.max_train_examples)
+        steps = to_steps(cfg, "train", num_train_examples=n_train, batch_size=cfg.batch_size)
+        work.append(steps * setting["seq_len"])
+    meter = Progress(sum(work), log=log if progress else (lambda s: None))
+    log(f"MAD protocol, preset '{preset.name}' ({preset.description}); arch '{arch}'; "
+        f"{len(settings)} settings x {len(grid)} runs -> {out_dir}")
+    t_start = time.time()
+    for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):
+        todo = [g for g in grid
+                if results_table.key(arch, task, name, *g) not in done]
+        label = f"[{arch} {i + 1}/{len(settings)}] {task}/{name}"
+        if not todo:
+            meter.skip(setting_work)
+            log(f"{label}: done, skipped")
+            continue
+        rows = _run_setting(model_fn, task, setting, name, todo, cfg=cfg, arch=arch,
+                            preset=preset, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
+                            meter=meter, label=label, setting_work=setting_work, log=log)
+        results = results_table.upsert(results, rows)
+        results_table.write(results_path, results)
+        done |= {results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"])
+                 for r in rows}
+        ok = [r for r in rows if r["status"] == "ok"]
+        best = max((r["final_test_acc"] for r in ok), default=float("nan"))
+        log(f"{label}: best final test acc {best:.3f} over {len(rows)} runs"
+            f"{f', {len(rows) - len(ok)} failed' if len(ok) < len(rows) else ''} "
+            f"({format_duration(rows[0].get('wall_time_s'))}; elapsed {format_duration(time.time() - t_start)})")
+    return results
+
+
+def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed, out_dir,
+                 cache_dir, meter, label, setting_work, log) -> list[dict]:
+    from mad_jax import tasks as tasks_lib
+
+    run_dir = os.path.join(out_dir, "runs", task, name)
+    key, value = tasks_lib.difficulty_variable(task, setting)
+    common = {"arch": arch, "preset": preset.name, "task": task, "setting": name,
+              "difficulty_key": key, "difficulty_value": value, "seed": seed,
+              "setting_params": dict(setting)}
+    train_data, test_data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
+    common.update(train_examples=len(train_data[0]), test_examples=len(test_data[0]))
+    # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
+    model = model_fn(task, int(setting["vocab_size"]), int(train_data[0].shape[1]))
+    meter.start_setting(label, float(train_data[0].shape[1]))
+    try:
+        runs = fit(model, train_data, test_data, dataclasses.replace(cfg, grid=tuple(grid)),
+                   out_dir=run_dir, on_log=meter, log=lambda s: log(f"{label}: {s}"))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a run that crashes is recorded as failed; the sweep goes on
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "error.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        message = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
+        meter.end_setting(setting_work)
+        return [dict(common, learning_rate=lr, weight_decay=wd, status="failed", error=message,
+                     grid_size=len(grid)) for lr, wd in grid]
+    meter.end_setting(setting_work)
+    atomic_write_json(os.path.join(run_dir, "result.json"),
+                      {"task": task, "setting": name, "setting_params": dict(setting),
+                       "preset": preset.name, "arch": arch, "runs": runs})
+    rows = []
+    for r in runs:
+        rows.append(dict(common, **{k: r[k] for k in (
+            "learning_rate", "weight_decay", "status", "final_test_acc", "best_test_acc",
+            "best_step", "test_loss", "final_train_loss", "steps", "total_steps", "wall_time_s",
+            "compile_time_s", "params", "grid_size", "error")}))
+    return rows

@@ -1,0 +1,110 @@
+"""The training config and the one function that turns `*_steps` / `*_epochs` / `*_examples` into steps."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+# Budgets that can be given in steps, epochs or examples (exactly one of each family).
+BUDGETS = ("train", "eval_every", "checkpoint_every")
+_UNITS = ("steps", "epochs", "examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run (or one vmapped grid of runs) needs besides model and data.
+
+    Defaults are the MAD protocol (DESIGN.md): AdamW, cosine decay to 1e-6 over 200 epochs,
+    batch 128, evaluation every epoch, stop once test accuracy reaches 0.999 (as the reference).
+    """
+
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    # ((lr, wd), ...): train these runs together (vmapped); overrides learning_rate/weight_decay.
+    grid: tuple[tuple[float, float], ...] | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None          # None: batch_size
+    min_learning_rate: float = 1e-6
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    train_steps: int | None = None
+    train_epochs: float | None = 200
+    train_examples: int | None = None
+    eval_every_steps: int | None = None
+    eval_every_epochs: float | None = 1
+    eval_every_examples: int | None = None
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_epochs: float | None = 10
+    checkpoint_every_examples: int | None = None
+    log_every_steps: int = 50
+    stop_accuracy: float | None = 0.999         # a run stops once its test accuracy reaches this
+    seed: int = 0                               # model init and data order
+    data_seed: int = 0                          # the task's data (tasks.load)
+    max_train_examples: int | None = None       # cap on the task's training set (smoke/quick presets)
+    max_test_examples: int | None = None
+    vmap: bool = True                           # grid runs together (True) or one after another
+    tensorboard: bool = True
+    keep_checkpoints: bool = False              # delete a run's checkpoints once it has finished
+
+    @classmethod
+    def from_any(cls, config: "TrainConfig | Mapping[str, Any] | None" = None,
+                 **overrides: Any) -> "TrainConfig":
+        """Builds a TrainConfig from a mapping (dict, ConfigDict) over the defaults.
+
+        Setting one member of a budget family (e.g. `train_steps`) clears the other members'
+        defaults (`train_epochs`), so a budget is always given exactly one way.
+        Raises ValueError naming unknown keys.
+        """
+        if isinstance(config, TrainConfig):
+            base, given = dataclasses.asdict(config), {}
+        else:
+            base = {f.name: f.default for f in dataclasses.fields(cls)}
+            given = dict(config.items()) if config is not None else {}
+        given.update(overrides)
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - valid)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; valid keys: {sorted(valid)}")
+        for family in BUDGETS:
+            members = [f"{family}_{unit}" for unit in _UNITS]
+            if any(given.get(m) is not None for m in members):
+                for m in members:
+                    base[m] = None
+        base.update(given)
+        if base["grid"] is not None:
+            base["grid"] = tuple((float(lr), float(wd)) for lr, wd in base["grid"])
+        return cls(**base)
+
+    @property
+    def runs(self) -> tuple[tuple[float, float], ...]:
+        """The (learning rate, weight decay) of each run this config trains."""
+        if self.grid is not None:
+            return self.grid
+        return ((float(self.learning_rate), float(self.weight_decay)),)
+
+
+def to_steps(config: TrainConfig | Mapping[str, Any], budget: str, *,
+             num_train_examples: int, batch_size: int) -> int | None:
+    """Steps for `budget` ("train", "eval_every", "checkpoint_every") given in one unit.
+
+    `<budget>_steps` is taken as is; `<budget>_epochs` is epochs * (num_train_examples //
+    batch_size) (an epoch is what the data pipeline yields with drop_remainder: whole batches) and
+    `<budget>_examples` is examples / batch_size; both rounded up, at least 1 step.
+    Returns None if the budget is not set (e.g. no checkpoints); ValueError if set two ways.
+    """
+    get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+    given = {unit: get(f"{budget}_{unit}") for unit in _UNITS}
+    given = {unit: v for unit, v in given.items() if v is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ValueError(f"set only one of {', '.join(f'{budget}_{u}' for u in given)}")
+    (unit, value), = given.items()
+    if value < 0 or (unit != "steps" and value == 0):
+        raise ValueError(f"{budget}_{unit} must be positive, got {value}")
+    if unit == "steps":
+        return int(value)
+    if unit == "epochs":
+        return max(1, math.ceil(value * max(1, num_train_examples // batch_size) - 1e-9))
+    return max(1, math.ceil(value / batch_size - 1e-9))

@@ -1,0 +1,130 @@
+"""The hyperparameter grid as one program: runs stacked along a leading axis, stepped by jax.vmap.
+
+All runs of a grid start from the same initial parameters and see the same batches in the same
+order, so the vmapped program computes exactly what the runs would compute one after another.
+A run stops (its state is frozen, the others go on) when its loss turns non-finite or when the
+training loop marks it inactive (test accuracy reached the stopping threshold).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mad_jax.training.steps import TrainState, init_train_state
+
+# The MAD protocol's grid: learning rate x weight decay.
+LEARNING_RATES = (1e-4, 5e-4, 1e-3)
+WEIGHT_DECAYS = (0.0, 0.1)
+DEFAULT_GRID = tuple((lr, wd) for lr in LEARNING_RATES for wd in WEIGHT_DECAYS)
+
+
+@struct.dataclass
+class GridState:
+    """R runs: every leaf of `runs` has a leading axis of size R."""
+
+    runs: TrainState
+    active: jax.Array       # bool[R]: still training
+    stop_step: jax.Array    # int32[R]: step at which the run stopped, -1 while active
+    nonfinite: jax.Array    # bool[R]: stopped because the loss or gradient was NaN/inf
+
+    @property
+    def size(self) -> int:
+        return int(self.active.shape[0])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_runs(tx, params, lrs, wds, total_steps, rng) -> TrainState:
+    # Jitted: every leaf gets its own buffer (the state is donated; no two leaves may share one).
+    return jax.vmap(lambda lr, wd: init_train_state(
+        params, tx, learning_rate=lr, weight_decay=wd, total_steps=total_steps, rng=rng))(lrs, wds)
+
+
+def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tuple[float, float]],
+                    *, total_steps: int, rng: jax.Array) -> GridState:
+    """Stacks one fresh TrainState per (lr, wd) of `grid`, all from the same `params` and `rng`."""
+    lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
+    wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
+    try:
+        runs = _init_runs(tx, params, lrs, wds, jnp.int32(total_steps), rng)
+    except TypeError:  # an optimizer that cannot be a static (hashable) argument
+        runs = jax.jit(_init_runs.__wrapped__, static_argnums=0)(tx, params, lrs, wds,
+                                                                  jnp.int32(total_steps), rng)
+    r = len(grid)
+    return GridState(runs=runs, active=jnp.ones((r,), bool), stop_step=jnp.full((r,), -1, jnp.int32),
+                     nonfinite=jnp.zeros((r,), bool))
+
+
+def run_state(grid_state: GridState, index: int) -> TrainState:
+    """The TrainState of run `index` (leading axis removed)."""
+    return jax.tree_util.tree_map(lambda x: x[index], grid_state.runs)
+
+
+def make_grid_train_step(train_step: Callable, *, vmapped: bool = True) -> Callable:
+    """`grid_train_step(grid_state, batch) -> (grid_state, metrics[R])` from a single-run step.
+
+    vmapped=True steps all R runs in one program (batch shared, not mapped). vmapped=False needs
+    R == 1 and calls the plain single-run step: that is how runs are trained one after another.
+    """
+    if vmapped:
+        step_all = jax.vmap(train_step, in_axes=(0, None))
+    else:
+        def step_all(runs, batch):
+            if jax.tree_util.tree_leaves(runs)[0].shape[0] != 1:
+                raise ValueError("vmapped=False steps one run at a time: grid size must be 1")
+            state, metrics = train_step(jax.tree_util.tree_map(lambda x: x[0], runs), batch)
+            return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))
+
+    def grid_train_step(grid_state: GridState, batch) -> tuple[GridState, dict]:
+        new_runs, metrics = step_all(grid_state.runs, batch)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        keep = grid_state.active & finite
+        runs = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            new_runs, grid_state.runs)
+        just_failed = grid_state.active & ~finite
+        new_grid = grid_state.replace(
+            runs=runs, active=keep,
+            stop_step=jnp.where(just_failed, new_runs.step, grid_state.stop_step),
+            nonfinite=grid_state.nonfinite | just_failed)
+        return new_grid, metrics
+
+    return grid_train_step
+
+
+def make_grid_eval_step(eval_step: Callable, *, vmapped: bool = True) -> Callable:
+    """`grid_eval_step(grid_state, batch) -> metrics[R]` from a single-run eval step."""
+    if vmapped:
+        eval_all = jax.vmap(eval_step, in_axes=(0, None))
+    else:
+        def eval_all(runs, batch):
+            metrics = eval_step(jax.tree_util.tree_map(lambda x: x[0], runs), batch)
+            return jax.tree_util.tree_map(lambda x: x[None], metrics)
+
+    def grid_eval_step(grid_state: GridState, batch) -> dict:
+        return eval_all(grid_state.runs, batch)
+
+    return grid_eval_step
+
+
+def make_grid_evaluate(grid_eval_step: Callable) -> Callable:
+    """`evaluate(grid_state, inputs_NbxBxL, targets_NbxBxL) -> metrics[R]` summed over all batches.
+
+    One program scans the whole (padded) test set, so evaluation is a single dispatch.
+    """
+    def evaluate(grid_state: GridState, inputs_NbxBxL, targets_NbxBxL) -> dict:
+        def body(total, batch):
+            stats = grid_eval_step(grid_state, {"inputs": batch[0], "targets": batch[1]})
+            return jax.tree_util.tree_map(jnp.add, total, stats), None
+
+        zero = jax.eval_shape(grid_eval_step, grid_state,
+                              {"inputs": inputs_NbxBxL[0], "targets": targets_NbxBxL[0]})
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+        total, _ = jax.lax.scan(body, zero, (inputs_NbxBxL, targets_NbxBxL))
+        return total
+
+    return evaluate

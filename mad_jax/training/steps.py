@@ -1,0 +1,107 @@
+"""The train state and the pure train / eval steps: `(state, batch) -> (state, metrics)`.
+
+Steps are plain functions; callers jit them (with donation, and later with mesh shardings), and
+the hyperparameter grid vmaps them. A batch is `{"inputs": int32[B, L], "targets": int32[B, L]}`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mad_jax.training import losses
+from mad_jax.training.optimizer import cosine_learning_rate, set_hyperparams
+
+
+@struct.dataclass
+class TrainState:
+    """One run's state. Every field is an array, so states stack along a leading grid axis."""
+
+    step: jax.Array        # int32 scalar: steps taken (= batches consumed)
+    params: Any
+    opt_state: Any         # optax.inject_hyperparams(adamw) state
+    rng: jax.Array         # uint32[2] raw key data; step keys are fold_in(rng, step)
+    hparams: dict          # {"learning_rate": peak, "weight_decay": wd, "total_steps": schedule
+                           # length}: arrays, so one compiled step serves any run and budget
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
+    return model.init(rng, sample_inputs_BxL)
+
+
+def init_params(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
+    """Model parameters from `model.init` (only the "params" collection is trained).
+
+    Flax modules hash by their fields, so equal models share one compiled init.
+    """
+    try:
+        hash(model)
+    except TypeError:  # a module with unhashable fields: compile for this call only
+        return jax.jit(model.init)(rng, sample_inputs_BxL)["params"]
+    return _init_variables(model, rng, sample_inputs_BxL)["params"]
+
+
+def init_train_state(params, tx: optax.GradientTransformation, *, learning_rate, weight_decay,
+                     total_steps, rng: jax.Array) -> TrainState:
+    """A fresh state at step 0 for one (learning rate, weight decay) and schedule length."""
+    hparams = {"learning_rate": jnp.asarray(learning_rate, jnp.float32),
+               "weight_decay": jnp.asarray(weight_decay, jnp.float32),
+               "total_steps": jnp.asarray(total_steps, jnp.int32)}
+    opt_state = set_hyperparams(tx.init(params), learning_rate=hparams["learning_rate"],
+                                weight_decay=hparams["weight_decay"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      rng=rng, hparams=hparams)
+
+
+def _forward(model: nn.Module, params, inputs_BxL, rng=None):
+    rngs = {"dropout": rng} if rng is not None else None
+    logits_BxLxV, collections = model.apply({"params": params}, inputs_BxL, mutable=["losses"],
+                                            rngs=rngs)
+    return logits_BxLxV, losses.sum_aux_losses(collections)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    min_learning_rate: float = 1e-6) -> Callable:
+    """Returns `train_step(state, batch) -> (state, metrics)`, pure and un-jitted.
+
+    Objective: mean cross-entropy over scored positions plus every auxiliary loss the model sows
+    into the "losses" collection. The learning rate follows `cosine_learning_rate` from the state's
+    peak over the state's total_steps; metrics are scalars: loss, cross_entropy, aux_loss, accuracy, grad_norm, learning_rate.
+    """
+    def loss_fn(params, batch, rng):
+        logits_BxLxV, aux_loss = _forward(model, params, batch["inputs"], rng)
+        stats = losses.token_stats(logits_BxLxV, batch["targets"])
+        ce = losses.mean_cross_entropy(stats)
+        return ce + aux_loss, (ce, aux_loss, losses.accuracy(stats))
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        lr = cosine_learning_rate(state.step, state.hparams["total_steps"],
+                                  state.hparams["learning_rate"], min_learning_rate)
+        opt_state = set_hyperparams(state.opt_state, learning_rate=lr,
+                                    weight_decay=state.hparams["weight_decay"])
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        (loss, (ce, aux_loss, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, step_rng)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        metrics = {"loss": loss, "cross_entropy": ce, "aux_loss": aux_loss, "accuracy": acc,
+                   "grad_norm": optax.global_norm(grads), "learning_rate": lr}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+    """Returns `eval_step(state, batch) -> metrics` of summed TokenStats (loss_sum, correct, count)."""
+    def eval_step(state: TrainState, batch) -> dict:
+        logits_BxLxV, _ = _forward(model, state.params, batch["inputs"])
+        return losses.token_stats(logits_BxLxV, batch["targets"])._asdict()
+
+    return eval_step

@@ -1,0 +1,383 @@
+"""The training loop: one setting, one run or a vmapped grid of runs, resumable from checkpoints.
+
+`fit` trains a model on arrays; `train` loads a task setting through `mad_jax.tasks` and calls it.
+The loop dispatches step N+1 before reading step N's metrics only at log points (metrics are
+accumulated on device), evaluates the whole test set in one scanned program, stops runs whose loss
+turns non-finite (recorded as failed, the others go on) or whose test accuracy reaches
+`stop_accuracy`, and checkpoints state + history so a killed run resumes to the same result.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mad_jax.training.checkpoints import CheckpointError, Checkpointer
+from mad_jax.training.config import TrainConfig, to_steps
+from mad_jax.training.hparam_grid import (GridState, init_grid_state, make_grid_evaluate,
+                                          make_grid_eval_step, make_grid_train_step)
+from mad_jax.training.metrics_writer import MetricsWriter
+from mad_jax.training.optimizer import make_optimizer
+from mad_jax.training.steps import init_params, make_eval_step, make_train_step
+
+BatchFn = Callable[[int], Iterator[Mapping[str, np.ndarray]]]
+# Fields that do not change what a run computes (a checkpoint stays valid when they change).
+_NOT_IN_FINGERPRINT = ("log_every_steps", "tensorboard", "keep_checkpoints", "vmap",
+                       "checkpoint_every_steps", "checkpoint_every_epochs",
+                       "checkpoint_every_examples")
+
+
+def run_name(learning_rate: float, weight_decay: float) -> str:
+    """Folder name of one run of a grid, e.g. "lr=0.001,wd=0.1"."""
+    return f"lr={learning_rate:g},wd={weight_decay:g}"
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def default_batch_fn(inputs: np.ndarray, targets: np.ndarray, *, batch_size: int,
+                     seed: int) -> BatchFn:
+    """Shuffled, endlessly repeated batches from mad_jax.tasks' resumable pipeline."""
+    from mad_jax import tasks
+
+    def batch_fn(start_step: int):
+        return iter(tasks.batches(inputs, targets, batch_size=batch_size, seed=seed, shuffle=True,
+                                  num_epochs=None, start_step=start_step, drop_remainder=True))
+    return batch_fn
+
+
+def _pad_test_set(inputs: np.ndarray, targets: np.ndarray, batch_size: int):
+    """[N, L] -> [Nb, B, L]; padding rows have targets -100, so they are never scored."""
+    n, length = inputs.shape
+    nb = max(1, math.ceil(n / batch_size))
+    pad = nb * batch_size - n
+    inputs = np.concatenate([inputs, np.zeros((pad, length), inputs.dtype)])
+    targets = np.concatenate([targets, np.full((pad, length), -100, targets.dtype)])
+    return (jnp.asarray(inputs.reshape(nb, batch_size, length), jnp.int32),
+            jnp.asarray(targets.reshape(nb, batch_size, length), jnp.int32))
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(str(a.shape).encode())
+    return h.hexdigest()[:16]
+
+
+def _new_history() -> dict:
+    return {"loss_curve": [], "eval_curve": [], "best_test_acc": None, "best_step": None}
+
+
+def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.ndarray, np.ndarray],
+        config: TrainConfig | Mapping[str, Any] | None = None, *, out_dir: str | None = None,
+        batch_fn: BatchFn | None = None, on_log: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Trains `model` once per (lr, wd) of `config.runs` and returns one result dict per run.
+
+    train_data / test_data: (inputs int32[N, L], targets int32[N, L] with -100 = not scored).
+    out_dir: if given, per-run metrics (`<out_dir>/<run_name>/metrics.jsonl` + TensorBoard events)
+      and checkpoints (`<out_dir>/checkpoints`) are written there, and an interrupted call
+      resumes from the last checkpoint.
+    batch_fn(start_step) -> iterator of {"inputs", "targets"} batches from that step on; default:
+      `mad_jax.tasks.batches` (shuffled with config.seed).
+    on_log(info): called at every log point with progress (step, total_steps, losses, accuracies).
+    """
+    cfg = TrainConfig.from_any(config)
+    train_x, train_y = (np.asarray(a) for a in train_data)
+    test_x, test_y = (np.asarray(a) for a in test_data)
+    n_train, bs = len(train_x), cfg.batch_size
+    total = to_steps(cfg, "train", num_train_examples=n_train, batch_size=bs)
+    if total is None:
+        raise ValueError("no training budget: set train_steps, train_epochs or train_examples")
+    eval_every = to_steps(cfg, "eval_every", num_train_examples=n_train, batch_size=bs) or total
+    ckpt_every = (to_steps(cfg, "checkpoint_every", num_train_examples=n_train, batch_size=bs)
+                  if out_dir else None)
+    batch_fn = batch_fn or default_batch_fn(train_x, train_y, batch_size=bs, seed=cfg.seed)
+
+    tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    init_rng, state_rng = jax.random.split(jax.random.key(cfg.seed))
+    params = init_params(model, init_rng, jnp.asarray(train_x[:1], jnp.int32))
+    n_params = count_params(params)
+    test_batches = _pad_test_set(test_x, test_y, cfg.eval_batch_size or bs)
+    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    fingerprint.update(total_steps=total, n_params=n_params,
+                       model=hashlib.sha1(repr(model).encode()).hexdigest()[:16],
+                       data=_digest(train_x, train_y, test_x, test_y))
+    fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored in JSON
+
+    runs = cfg.runs
+    if cfg.vmap or len(runs) == 1:
+        groups, vmapped = [list(range(len(runs)))], cfg.vmap
+    else:
+        groups, vmapped = [[i] for i in range(len(runs))], False
+    results: list[dict] = [{} for _ in runs]
+    for group in groups:
+        ckpt_dir = None
+        if out_dir:
+            ckpt_dir = os.path.join(out_dir, "checkpoints")
+            if len(groups) > 1:
+                ckpt_dir = os.path.join(ckpt_dir, run_name(*runs[group[0]]))
+        group_results = _fit_group(
+            [runs[i] for i in group], vmapped=vmapped, model=model, params=params, tx=tx,
+            rng=jax.random.key_data(state_rng), test_batches=test_batches, batch_fn=batch_fn, cfg=cfg, total=total,
+            eval_every=eval_every, ckpt_every=ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir,
+            fingerprint=fingerprint, on_log=on_log, log=log,
+            sample_shape=(bs, train_x.shape[1]))
+        for i, res in zip(group, group_results):
+            res["params"] = n_params
+            results[i] = res
+    return results
+
+
+# Compiled grid programs, reused across fit() calls: equal Flax modules (they hash by their fields)
+# with equal shapes, optimizer constants and grid size share one executable. The schedule length
+# and the hyperparameters are state arrays, so they are not part of the key.
+_PROGRAMS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_MAX_PROGRAMS = 16
+
+
+def _compiled(key: tuple, build: Callable[[], Any]):
+    try:
+        hash(key)
+    except TypeError:  # a model with unhashable fields: no reuse
+        return build()
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    value = _PROGRAMS[key] = build()
+    if len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return value
+
+
+def compile_grid_programs(model, tx, gstate: GridState, batch_spec, test_batches, *,
+                          vmapped: bool, min_learning_rate: float, tx_key: tuple):
+    """(train program, evaluate program), jitted and compiled for these shapes.
+
+    tx_key identifies the optimizer (its constant hyperparameters) for reuse across calls.
+    The train program donates the grid state. This is the one place where a mesh would add
+    in/out shardings.
+    """
+    def build():
+        train_step = make_train_step(model, tx, min_learning_rate=min_learning_rate)
+        eval_step = make_eval_step(model)
+        train_c = jax.jit(make_grid_train_step(train_step, vmapped=vmapped),
+                          donate_argnums=0).lower(gstate, batch_spec).compile()
+        evaluate_c = jax.jit(make_grid_evaluate(make_grid_eval_step(eval_step, vmapped=vmapped))
+                             ).lower(gstate, *test_batches).compile()
+        return train_c, evaluate_c
+
+    shapes = jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype)),
+                                    (batch_spec, test_batches))
+    key = (model, tx_key, min_learning_rate, vmapped, gstate.size,
+           jax.tree_util.tree_structure(gstate), str(jax.tree_util.tree_leaves(shapes)))
+    return _compiled(key, build)
+
+
+def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, params, tx, rng,
+               test_batches, batch_fn: BatchFn, cfg: TrainConfig, total: int,
+               eval_every: int, ckpt_every: int | None, ckpt_dir: str | None,
+               out_dir: str | None, fingerprint: dict, on_log, log, sample_shape) -> list[dict]:
+    r = len(grid)
+    gstate = init_grid_state(params, tx, grid, total_steps=total, rng=rng)
+    meta = {"step": 0, "elapsed_s": 0.0, "fingerprint": fingerprint,
+            "runs": [_new_history() for _ in range(r)]}
+    ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
+    resumed = False
+    if ckpt is not None and ckpt.latest_step() is not None:
+        try:
+            restored, rmeta, _ = ckpt.restore(gstate)
+            if rmeta.get("fingerprint") != fingerprint:
+                log(f"note: checkpoint in {ckpt_dir} was made with another config; starting over")
+                ckpt.delete_all()
+                ckpt = Checkpointer(ckpt_dir)
+            else:
+                gstate, meta, resumed = restored, rmeta, True
+        except CheckpointError as e:
+            log(f"warning: {e}; starting this run over")
+            ckpt.delete_all()
+            ckpt = Checkpointer(ckpt_dir)
+    start = int(meta["step"])
+    if resumed:
+        log(f"resuming from step {start}/{total} ({ckpt_dir})")
+    names = [run_name(lr, wd) for lr, wd in grid]
+    writers = ([MetricsWriter(os.path.join(out_dir, n), resume_step=start if resumed else None,
+                              tensorboard=cfg.tensorboard) for n in names] if out_dir else [])
+
+    t0 = time.perf_counter()
+    batch_spec = {k: jax.ShapeDtypeStruct(sample_shape, jnp.int32) for k in ("inputs", "targets")}
+    train_c, evaluate_c = compile_grid_programs(model, tx, gstate, batch_spec, test_batches,
+                                                vmapped=vmapped,
+                                                min_learning_rate=cfg.min_learning_rate,
+                                                tx_key=("adamw", cfg.b1, cfg.b2, cfg.eps))
+    compile_s = time.perf_counter() - t0
+
+    hist = meta["runs"]
+    step, accum, n_accum = start, None, 0
+    active = np.asarray(gstate.active)
+    t_loop, elapsed0 = time.perf_counter(), float(meta["elapsed_s"])
+    batches = batch_fn(start)
+    try:
+        while step < total and active.any():
+            batch = next(batches)
+            batch = {"inputs": jnp.asarray(batch["inputs"], jnp.int32),
+                     "targets": jnp.asarray(batch["targets"], jnp.int32)}
+            was_active = active
+            gstate, metrics = train_c(gstate, batch)
+            step += 1
+            accum = metrics if accum is None else jax.tree_util.tree_map(jnp.add, accum, metrics)
+            n_accum += 1
+            do_eval = step % eval_every == 0 or step == total
+            # Checkpoint steps are log steps too, so no partial average is lost across a restart.
+            do_ckpt = ckpt is not None and bool(ckpt_every) and step % ckpt_every == 0 and step < total
+            if not (do_eval or do_ckpt or step % cfg.log_every_steps == 0):
+                continue
+            means = {k: np.asarray(v) / n_accum for k, v in jax.device_get(accum).items()}
+            accum, n_accum = None, 0
+            active = np.asarray(gstate.active)
+            for i in range(r):
+                if was_active[i] and active[i]:
+                    hist[i]["loss_curve"].append([step, float(means["loss"][i])])
+                    if writers:
+                        writers[i].write(step, {f"train/{k}": v[i] for k, v in means.items()})
+            evals = None
+            if do_eval:
+                stats = jax.device_get(evaluate_c(gstate, *test_batches))
+                count = np.maximum(stats["count"], 1.0)
+                evals = {"accuracy": stats["correct"] / count, "loss": stats["loss_sum"] / count}
+                reached = np.zeros(r, bool)
+                for i in range(r):
+                    if not active[i]:
+                        continue
+                    acc, loss = float(evals["accuracy"][i]), float(evals["loss"][i])
+                    h = hist[i]
+                    h["eval_curve"].append([step, acc, loss])
+                    if h["best_test_acc"] is None or acc > h["best_test_acc"]:
+                        h["best_test_acc"], h["best_step"] = acc, step
+                    if writers:
+                        writers[i].write(step, {"test/accuracy": acc, "test/loss": loss})
+                    reached[i] = cfg.stop_accuracy is not None and acc >= cfg.stop_accuracy
+                if reached.any():
+                    gstate = gstate.replace(
+                        active=jnp.asarray(active & ~reached),
+                        stop_step=jnp.where(jnp.asarray(reached), step, gstate.stop_step))
+                    active = active & ~reached
+            elapsed = elapsed0 + time.perf_counter() - t_loop
+            if on_log is not None:
+                on_log({"step": step, "total_steps": total, "grid": list(grid),
+                        "active": active.tolist(), "train_loss": means["loss"].tolist(),
+                        "test_accuracy": None if evals is None else evals["accuracy"].tolist(),
+                        "best_test_accuracy": [h["best_test_acc"] for h in hist],
+                        "elapsed_s": elapsed, "steps_per_s": (step - start) / max(
+                            time.perf_counter() - t_loop, 1e-9)})
+            if do_ckpt:
+                meta = {"step": step, "elapsed_s": elapsed, "fingerprint": fingerprint,
+                        "runs": hist}
+                ckpt.save(step, gstate, meta)
+        wall = elapsed0 + time.perf_counter() - t_loop
+    finally:
+        for w in writers:
+            w.close()
+        if ckpt is not None:
+            ckpt.wait()
+
+    stop_step = np.asarray(gstate.stop_step)
+    nonfinite = np.asarray(gstate.nonfinite)
+    results = []
+    for i, (lr, wd) in enumerate(grid):
+        h = hist[i]
+        final = h["eval_curve"][-1] if h["eval_curve"] else [None, float("nan"), float("nan")]
+        failed = bool(nonfinite[i])
+        results.append({
+            "learning_rate": lr, "weight_decay": wd, "run": run_name(lr, wd),
+            "status": "failed" if failed else "ok",
+            "error": f"non-finite loss at step {int(stop_step[i])}" if failed else "",
+            "final_test_acc": float("nan") if failed else final[1],
+            "best_test_acc": (float("nan") if failed or h["best_test_acc"] is None
+                              else h["best_test_acc"]),
+            "best_step": h["best_step"],
+            "test_loss": float("nan") if failed else final[2],
+            "final_train_loss": h["loss_curve"][-1][1] if h["loss_curve"] else float("nan"),
+            "steps": int(stop_step[i]) if stop_step[i] >= 0 else step,
+            "total_steps": total,
+            "wall_time_s": wall, "compile_time_s": compile_s, "grid_size": r,
+            "loss_curve": h["loss_curve"], "eval_curve": h["eval_curve"],
+        })
+    if ckpt is not None:
+        if cfg.keep_checkpoints:  # the final state too, for users who want the trained params
+            if ckpt.latest_step() != step:
+                ckpt.save(step, gstate, {"step": step, "elapsed_s": wall,
+                                         "fingerprint": fingerprint, "runs": hist})
+            ckpt.close()
+        else:
+            ckpt.delete_all()
+            parent = os.path.dirname(ckpt_dir)
+            if os.path.basename(parent) == "checkpoints" and not os.listdir(parent):
+                os.rmdir(parent)  # runs trained one after another had one folder each
+    return results
+
+
+def split_task_setting(task_setting) -> tuple[str, dict]:
+    """(task, setting) from {"task": ..., **setting} or a (task, setting) pair."""
+    if isinstance(task_setting, Mapping):
+        setting = dict(task_setting)
+        if "task" not in setting:
+            raise ValueError("task_setting needs a 'task' key, e.g. "
+                             "{'task': 'in-context-recall', **mad_jax.tasks.settings(task)[0]}")
+        return setting.pop("task"), setting
+    task, setting = task_setting
+    return task, dict(setting)
+
+
+def load_task_data(task: str, setting: Mapping[str, Any], cfg: TrainConfig, *,
+                   cache_dir: str | None = None):
+    """Train and test arrays of one task setting, capped by cfg.max_{train,test}_examples."""
+    from mad_jax import tasks
+
+    if task not in tasks.TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(tasks.TASKS)}")
+    setting = dict(setting)
+    if cfg.max_train_examples:
+        setting["num_train_examples"] = min(setting["num_train_examples"], cfg.max_train_examples)
+    if cfg.max_test_examples:
+        setting["num_test_examples"] = min(setting["num_test_examples"], cfg.max_test_examples)
+    train_data = tasks.load(task, setting, "train", seed=cfg.data_seed, cache_dir=cache_dir)
+    test_data = tasks.load(task, setting, "test", seed=cfg.data_seed, cache_dir=cache_dir)
+    return train_data, test_data
+
+
+def train(model_fn: Callable, task_setting, train_config: TrainConfig | Mapping | None = None, *,
+          out_dir: str | None = None, cache_dir: str | None = None,
+          on_log: Callable[[dict], None] | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Trains `model_fn(task, vocab_size, max_length)` on one task setting.
+
+    task_setting: {"task": name, **setting} (a setting from `mad_jax.tasks.settings(task)`) or a
+      (task, setting) pair. train_config: TrainConfig or a mapping of its fields.
+    Returns the run's result dict (final_test_acc, best_test_acc, test_loss, loss_curve,
+    eval_curve, steps, wall_time_s, compile_time_s, params, status). With `train_config["grid"]`,
+    all runs train together and the dict is {"runs": [one dict per run], "best_test_acc": ...,
+    "final_test_acc": ...} (best over the grid).
+    """
+    cfg = TrainConfig.from_any(train_config)
+    task, setting = split_task_setting(task_setting)
+    train_data, test_data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
+    model = model_fn(task, int(setting["vocab_size"]), int(train_data[0].shape[1]))
+    results = fit(model, train_data, test_data, cfg, out_dir=out_dir, on_log=on_log, log=log)
+    if cfg.grid is None:
+        return results[0]
+    ok = [r for r in results if r["status"] == "ok"]
+    return {"runs": results,
+            "final_test_acc": max((r["final_test_acc"] for r in ok), default=float("nan")),
+            "best_test_acc": max((r["best_test_acc"] for r in ok), default=float("nan"))}

@@ -1,0 +1,231 @@
+"""The MAD protocol: scores on a hand-made table, the results table, presets, a smoke protocol end to
+end on one task, kill-and-resume through `run`, the report, and bad input."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mad_jax import models, protocol, tasks, training
+from mad_jax.protocol import results_table
+from mad_jax.protocol.progress import Progress
+
+TASK = "memorization"
+GRID = ((1e-3, 0.0), (5e-3, 0.1))
+TINY = {"train_steps": 4, "batch_size": 8, "max_train_examples": 64, "max_test_examples": 32,
+        "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1}
+TIMING = ["wall_time_s", "compile_time_s"]
+
+
+def tiny_model_fn(task, vocab_size, max_length):
+    return models.build("swiglu", vocab_size=vocab_size, max_length=max_length, dim=16)
+
+
+def run_tiny(out_dir, **kw):
+    kw.setdefault("log", lambda s: None)
+    return protocol.run(tiny_model_fn, str(out_dir), tasks=[TASK], grid=GRID, preset="smoke",
+                        arch="tiny", train_overrides=TINY, **kw)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    messages = []
+    results = run_tiny(out, log=messages.append)
+    return out, results, messages
+
+
+# --- scores ---
+
+def _row(task, setting, lr, acc, status="ok", arch="a", best=None):
+    return {"arch": arch, "task": task, "setting": setting, "learning_rate": lr,
+            "weight_decay": 0.0, "status": status, "final_test_acc": acc,
+            "best_test_acc": acc if best is None else best}
+
+
+HAND = [
+    _row("A", "baseline", 1e-4, 0.5), _row("A", "baseline", 5e-4, 0.7),
+    _row("A", "baseline", 1e-3, float("nan"), status="failed"),
+    _row("A", "vocab_size=32", 1e-4, 0.2), _row("A", "vocab_size=32", 5e-4, 0.4, best=0.6),
+    _row("B", "baseline", 1e-4, float("nan"), status="failed"),
+    _row("B", "seq_len=256", 1e-4, 1.0),
+]
+
+
+def test_scores_on_hand_made_table():
+    s = protocol.scores(pd.DataFrame(HAND))
+    # A: settings 0.7 and 0.4 -> 0.55; B: all-failed baseline scores 0, other 1.0 -> 0.5.
+    assert s == pytest.approx({"A": 0.55, "B": 0.5, "mean": 0.525})
+    best = protocol.scores(HAND, metric="best_test_acc")
+    assert best["A"] == pytest.approx((0.7 + 0.6) / 2)
+
+
+def test_scores_several_archs_and_table():
+    rows = HAND + [dict(r, arch="b", final_test_acc=1.0 if r["status"] == "ok" else np.nan)
+                   for r in HAND]
+    with pytest.raises(ValueError, match="several architectures"):
+        protocol.scores(rows)
+    assert protocol.scores(rows, arch="b") == pytest.approx({"A": 1.0, "B": 0.5, "mean": 0.75})
+    table = protocol.score_table(pd.DataFrame(rows))
+    assert list(table.index) == ["a", "b"] and list(table.columns) == ["A", "B", "mean"]
+    assert table.loc["a", "mean"] == pytest.approx(0.525)
+    text = protocol.format_score_table(pd.DataFrame(rows))
+    assert text.splitlines()[0] == "| arch | A | B | mean |" and "| a | 0.550 | 0.500 | 0.525 |" in text
+
+
+def test_results_table_roundtrip_and_upsert(tmp_path):
+    path = tmp_path / "results.csv"
+    first = results_table.upsert(results_table.empty(), [
+        {"arch": "a", "task": "A", "setting": "baseline", "learning_rate": 1e-4,
+         "weight_decay": 0.0, "status": "ok", "final_test_acc": 0.5,
+         "setting_params": {"vocab_size": 16}}])
+    results_table.write(path, first)
+    again = results_table.upsert(results_table.read(path), [
+        {"arch": "a", "task": "A", "setting": "baseline", "learning_rate": 0.0001,
+         "weight_decay": 0.0, "status": "ok", "final_test_acc": 0.75}])
+    assert len(again) == 1 and again["final_test_acc"].iloc[0] == 0.75
+    assert list(again.columns) == list(results_table.COLUMNS)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    with pytest.raises(ValueError, match="unknown result columns"):
+        results_table.make_row(acc=1)
+
+
+# --- presets ---
+
+def test_presets():
+    full = protocol.get_preset("full")
+    assert full.is_mad and not protocol.get_preset("smoke").is_mad
+    assert len(protocol.plan(protocol.check_tasks(None), full)) == 66
+    assert len(protocol.plan(protocol.check_tasks(None), protocol.get_preset("quick"))) == 6
+    cfg = protocol.train_config(full)
+    assert (cfg.train_epochs, cfg.batch_size, cfg.min_learning_rate) == (200, 128, 1e-6)
+    assert protocol.train_config(full, overrides={"train_steps": 5}).train_epochs is None
+    with pytest.raises(ValueError, match="unknown preset"):
+        protocol.get_preset("fast")
+
+
+# --- end to end ---
+
+def test_smoke_protocol_end_to_end(smoke_run):
+    out, results, messages = smoke_run
+    assert len(results) == len(GRID)
+    assert set(results["preset"]) == {"smoke"} and set(results["task"]) == {TASK}
+    assert set(results["setting"]) == {"baseline"} and set(results["status"]) == {"ok"}
+    assert (results["steps"] == 4).all() and (results["params"] > 0).all()
+    assert results["final_test_acc"].between(0, 1).all()
+    on_disk = results_table.read(out / "results.csv")
+    pd.testing.assert_frame_equal(on_disk[["learning_rate", "final_test_acc"]],
+                                  results[["learning_rate", "final_test_acc"]].astype(float))
+    run_dir = out / "runs" / TASK / "baseline"
+    assert (run_dir / "lr=0.001,wd=0" / "metrics.jsonl").exists()
+    assert json.loads((run_dir / "result.json").read_text())["preset"] == "smoke"
+    assert json.loads((out / "protocol.json").read_text())["is_mad_score"] is False
+    assert not (run_dir / "checkpoints").exists()
+    s = protocol.scores(results)
+    assert set(s) == {TASK, "mean"}
+
+
+def test_train_one_setting_matches_the_protocol(smoke_run):
+    _, results, _ = smoke_run
+    setting = tasks.settings(TASK)[0]
+    res = training.train(tiny_model_fn, {"task": TASK, **setting}, dict(TINY, grid=GRID),
+                         log=lambda s: None)
+    assert [r["final_test_acc"] for r in res["runs"]] == list(results["final_test_acc"])
+    assert res["final_test_acc"] == max(results["final_test_acc"])
+    with pytest.raises(ValueError, match="unknown task"):
+        training.train(tiny_model_fn, {"task": "recall", **setting}, TINY)
+
+
+def test_finished_runs_are_never_redone(smoke_run):
+    out, results, _ = smoke_run
+    messages = []
+    again = run_tiny(out, log=messages.append)
+    assert any("done, skipped" in m for m in messages)
+    pd.testing.assert_frame_equal(again, results_table.read(out / "results.csv"))
+
+
+def test_protocol_kill_and_resume(tmp_path, smoke_run, monkeypatch):
+    _, uninterrupted, _ = smoke_run
+    original = Progress.__call__
+
+    def killed_at_step_3(self, info):
+        if info["step"] == 3:
+            raise KeyboardInterrupt
+        original(self, info)
+
+    monkeypatch.setattr(Progress, "__call__", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(tmp_path)
+    assert os.path.isdir(tmp_path / "runs" / TASK / "baseline" / "checkpoints" / "2")
+    monkeypatch.setattr(Progress, "__call__", original)
+    messages = []
+    resumed = run_tiny(tmp_path, log=messages.append)
+    assert any("resuming from step 2/4" in m for m in messages)
+    pd.testing.assert_frame_equal(resumed.drop(columns=TIMING),
+                                  uninterrupted.drop(columns=TIMING))
+
+
+def test_report(smoke_run):
+    out, results, _ = smoke_run
+    paths = protocol.write_report(str(out), results)
+    md = open(paths["md"]).read()
+    assert "NOT MAD scores" in md and "| arch |" in md and "plots/mad_scores.png" in md
+    assert os.path.getsize(paths["scores_png"]) > 1000
+    assert "<table" in open(paths["html"]).read()
+
+
+def test_difficulty_plot_from_several_settings(tmp_path):
+    rows = []
+    for setting, key, value, acc in (("baseline", None, None, 0.9), ("vocab_size=32", "vocab_size",
+                                                                      32, 0.6),
+                                     ("vocab_size=64", "vocab_size", 64, 0.3)):
+        rows.append(dict(_row("in-context-recall", setting, 1e-3, acc), preset="full",
+                         difficulty_key=key, difficulty_value=value, wall_time_s=1.0,
+                         setting_params=json.dumps({"vocab_size": 16})))
+    paths = protocol.write_report(str(tmp_path), pd.DataFrame(rows))
+    assert os.path.getsize(paths["difficulty_in-context-recall"]) > 1000
+    assert "These are MAD scores" in open(paths["md"]).read()
+
+
+# --- bad input ---
+
+def test_bad_input(tmp_path):
+    with pytest.raises(protocol.ProtocolError, match="unknown task.*'recall'.*valid tasks"):
+        protocol.run(tiny_model_fn, str(tmp_path), tasks=["recall"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(protocol.ProtocolError, match="not writable"):
+        protocol.run(tiny_model_fn, str(blocker / "sub"), tasks=[TASK])
+    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+        protocol.run(lambda t, v, m: models.build("nope", vocab_size=v, max_length=m),
+                     str(tmp_path / "a"), tasks=[TASK], preset="smoke", train_overrides=TINY,
+                     log=lambda s: None)
+
+
+def test_workdir_of_another_preset_is_refused(smoke_run):
+    out, _, _ = smoke_run
+    with pytest.raises(protocol.ProtocolError, match="preset='smoke'"):
+        protocol.run(tiny_model_fn, str(out), tasks=[TASK], grid=GRID, preset="quick",
+                     arch="tiny", train_overrides=TINY, log=lambda s: None)
+
+
+def test_crashing_setting_is_recorded_and_sweep_goes_on(tmp_path):
+    class Broken(Exception):
+        pass
+
+    def model_fn(task, vocab_size, max_length):
+        model = tiny_model_fn(task, vocab_size, max_length)
+        if task == "compression":
+            return model.clone(vocab_size=-1)  # fails inside training (init), not in model_fn
+        return model
+
+    messages = []
+    results = protocol.run(model_fn, str(tmp_path), tasks=["compression", TASK], grid=GRID,
+                           preset="smoke", arch="tiny", train_overrides=TINY, log=messages.append)
+    failed = results[results["task"] == "compression"]
+    assert (failed["status"] == "failed").all() and failed["error"].str.len().gt(0).all()
+    assert (results[results["task"] == TASK]["status"] == "ok").all()
+    assert (tmp_path / "runs" / "compression" / "baseline" / "error.txt").exists()
+    assert any("FAILED" in m for m in messages)
+    assert np.isfinite(protocol.scores(results)[TASK])

@@ -1,0 +1,98 @@
+"""The sweep CLI: config typos and bad names give one-line errors and a non-zero exit; a tiny sweep
+runs end to end and prints the score table first when it finishes."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import sweep
+from experiments.configs import compare, mad
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(stderr):
+    # absl/jax may log warnings (lines starting with W/I + digits); the error is ours.
+    return [l for l in stderr.splitlines() if l.startswith("error:")]
+
+
+def test_config_typo_exits_nonzero_with_one_line():
+    p = cli("--config=experiments/configs/mad.py", "--config.presett=smoke")
+    assert p.returncode != 0
+    lines = _error_lines(p.stderr)
+    assert len(lines) == 1 and "presett" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_missing_config_and_bad_config_argument():
+    p = cli("--config=experiments/configs/nope.py")
+    assert p.returncode != 0 and len(_error_lines(p.stderr)) == 1, p.stderr
+    p = cli("--config=experiments/configs/mad.py:colour=red")
+    assert p.returncode != 0 and len(_error_lines(p.stderr)) == 1, p.stderr
+
+
+def test_tiny_sweep_prints_score_table_first(tmp_path):
+    workdir = tmp_path / "w"
+    p = cli("--config=experiments/configs/mad.py", "--config.layers=swiglu", "--config.dim=16",
+            "--config.preset=smoke", "--config.tasks=memorization", f"--config.workdir={workdir}",
+            "--config.grid=1e-3:0,1e-3:0.1", "--config.train.train_steps=2",
+            "--config.train.batch_size=8", "--config.train.max_test_examples=16")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout.splitlines()
+    notice = [i for i, l in enumerate(out) if "NOT MAD scores" in l]
+    assert notice, p.stdout
+    assert out[notice[0] + 1].startswith("| arch | memorization | mean |"), p.stdout
+    assert out[notice[0] + 3].startswith("| swiglu |")
+    assert "step 2/2" in p.stdout  # progress lines
+    for name in ("results.csv", "report.md", "report.html", "plots/mad_scores.png",
+                 "swiglu/results.csv", "swiglu/protocol.json"):
+        assert (workdir / name).exists(), name
+
+
+# --- in-process checks of the same validation (no subprocess start-up) ---
+
+def _config(**fields):
+    c = mad.get_config()
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"layers": "hyena swiglu foo"}, "unknown layer 'foo'"),
+    ({"tasks": "in-context-recall,recal"}, "unknown task(s) 'recal'"),
+    ({"preset": "fast"}, "unknown preset 'fast'"),
+    ({"grid": "1e-3"}, "grid must look like"),
+])
+def test_validation_errors(tmp_path, fields, message):
+    with pytest.raises(sweep.SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sweep.validate(_config(workdir=str(tmp_path), **fields))
+
+
+def test_unwritable_workdir(tmp_path):
+    from mad_jax.protocol import ProtocolError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ProtocolError, match="not writable"):
+        sweep.validate(_config(workdir=str(blocker / "w")))
+
+
+def test_configs():
+    c = mad.get_config("quick")
+    assert c.preset == "quick" and c.layers == mad.DEFAULT_LAYERS
+    assert mad.get_config("preset=smoke,tasks=compression").tasks == "compression"
+    with pytest.raises(ValueError, match="unknown config field 'colour'"):
+        mad.get_config("colour=red")
+    archs = sweep.architectures(compare.get_config())
+    assert set(archs) == {"hyena", "mh-hyena", "striped-hyena-attention", "mamba", "attention"}
+    assert sweep.architectures(mad.get_config()) == {
+        "hyena+swiglu+mh-attention+swiglu": mad.DEFAULT_LAYERS}
+    assert sweep.parse_grid("1e-4:0,1e-3:0.1") == ((1e-4, 0.0), (1e-3, 0.1))

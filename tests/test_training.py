@@ -1,0 +1,260 @@
+"""Training: budgets, schedule, losses, the vmapped grid against sequential runs, NaN handling,
+determinism, and kill-and-resume from checkpoints (tiny Flax model, random data, CPU)."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mad_jax import training
+from mad_jax.training import TrainConfig, to_steps
+from mad_jax.training.losses import sum_aux_losses, token_stats
+from mad_jax.training.optimizer import cosine_learning_rate, decay_mask
+
+VOCAB, LENGTH, DIM = 16, 16, 32
+
+
+class TinyLM(nn.Module):
+    """Embedding, one causal attention block, one MLP, unembedding; sows an auxiliary loss."""
+
+    vocab_size: int = VOCAB
+    dim: int = DIM
+    aux_weight: float = 0.0
+
+    @nn.compact
+    def __call__(self, tokens_BxL):
+        x = nn.Embed(self.vocab_size, self.dim)(tokens_BxL)
+        mask = nn.make_causal_mask(tokens_BxL)
+        x = x + nn.SelfAttention(num_heads=2, qkv_features=self.dim)(nn.LayerNorm()(x), mask=mask)
+        x = x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(nn.LayerNorm()(x))))
+        if self.aux_weight:
+            self.sow("losses", "aux_loss", self.aux_weight * jnp.mean(x ** 2))
+        return nn.Dense(self.vocab_size)(nn.LayerNorm(name="final_norm")(x))
+
+
+def copy_data(n, seed):
+    """Next-token data where the second half repeats the first: learnable, not trivial."""
+    rng = np.random.default_rng(seed)
+    half = rng.integers(0, VOCAB, (n, LENGTH // 2))
+    seq = np.concatenate([half, half], axis=1).astype(np.int32)
+    inputs = seq[:, :-1]
+    targets = seq[:, 1:].copy()
+    targets[:, : LENGTH // 2 - 1] = -100  # only the copied half is scored
+    return inputs, targets.astype(np.int32)
+
+
+def batch_fn_for(inputs, targets, batch_size, seed=0):
+    """A resumable numpy batch stream (step s is a pure function of s), like tasks.batches."""
+    per_epoch = len(inputs) // batch_size
+
+    def batch_fn(start_step):
+        step = start_step
+        while True:
+            epoch, i = divmod(step, per_epoch)
+            rows = np.random.default_rng([seed, epoch]).permutation(len(inputs))
+            rows = rows[i * batch_size:(i + 1) * batch_size]
+            yield {"inputs": inputs[rows], "targets": targets[rows]}
+            step += 1
+    return batch_fn
+
+
+TRAIN = copy_data(128, 0)
+TEST = copy_data(40, 1)
+BASE = dict(batch_size=16, train_steps=12, eval_every_steps=4, log_every_steps=1,
+            checkpoint_every_steps=5, stop_accuracy=None)
+
+
+MODEL = TinyLM()
+
+
+def fit(config, **kw):
+    cfg = dict(BASE, **config)
+    return training.fit(MODEL, TRAIN, TEST, cfg, batch_fn=batch_fn_for(*TRAIN, cfg["batch_size"]),
+                        log=kw.pop("log", lambda s: None), **kw)
+
+
+@pytest.fixture(scope="module")
+def grid_vmapped():
+    return fit({"grid": training.DEFAULT_GRID})
+
+
+# --- budgets and config ---
+
+def test_to_steps_units():
+    n, b = 800, 128  # an epoch is 800 // 128 = 6 whole batches
+    assert to_steps({"train_steps": 7}, "train", num_train_examples=n, batch_size=b) == 7
+    assert to_steps({"train_epochs": 200}, "train", num_train_examples=n, batch_size=b) == 1200
+    assert to_steps({"train_epochs": 0.5}, "train", num_train_examples=n, batch_size=b) == 3
+    assert to_steps({"train_examples": 1000}, "train", num_train_examples=n, batch_size=b) == 8
+    assert to_steps({"eval_every_epochs": 1}, "eval_every", num_train_examples=12800,
+                    batch_size=128) == 100
+    assert to_steps({}, "checkpoint_every", num_train_examples=n, batch_size=b) is None
+    with pytest.raises(ValueError, match="only one of"):
+        to_steps({"train_steps": 1, "train_epochs": 1}, "train", num_train_examples=n, batch_size=b)
+
+
+def test_train_config_budget_families_and_unknown_keys():
+    cfg = TrainConfig.from_any({"train_steps": 10})
+    assert (cfg.train_steps, cfg.train_epochs) == (10, None)
+    assert cfg.eval_every_epochs == 1  # other families keep their defaults
+    assert TrainConfig().train_epochs == 200 and TrainConfig().batch_size == 128
+    with pytest.raises(ValueError, match="unknown training config keys.*lerning_rate"):
+        TrainConfig.from_any({"lerning_rate": 1e-3})
+
+
+def test_cosine_schedule_and_decay_mask():
+    peak = jnp.float32(1e-3)
+    assert float(cosine_learning_rate(0, 100, peak)) == pytest.approx(1e-3)
+    assert float(cosine_learning_rate(50, 100, peak)) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert float(cosine_learning_rate(100, 100, peak)) == pytest.approx(1e-6)
+    params = training.init_params(MODEL, jax.random.key(0), jnp.asarray(TRAIN[0][:1]))
+    mask = decay_mask(params)
+    assert mask["Dense_0"]["kernel"] and mask["Embed_0"]["embedding"]
+    assert not mask["Dense_0"]["bias"] and not mask["final_norm"]["scale"]
+    assert not mask["LayerNorm_0"]["scale"]
+
+
+# --- losses ---
+
+def test_token_stats_by_hand():
+    logits = jnp.log(jnp.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]]]))
+    targets = jnp.array([[0, 1, -100]])
+    stats = token_stats(logits, targets)
+    assert float(stats.count) == 2 and float(stats.correct) == 1
+    assert float(stats.loss_sum) == pytest.approx(-np.log(0.7) - np.log(0.1), rel=1e-6)
+    assert float(sum_aux_losses({"losses": {"a": {"aux_loss": (jnp.float32(0.5),)},
+                                            "b": {"aux_loss": (jnp.float32(0.25),)}}})) == 0.75
+    assert float(sum_aux_losses({})) == 0.0
+
+
+def test_train_step_adds_sown_aux_loss():
+    model = TinyLM(aux_weight=0.5)
+    tx = training.make_optimizer()
+    params = training.init_params(model, jax.random.key(0), jnp.asarray(TRAIN[0][:1]))
+    state = training.init_train_state(params, tx, learning_rate=1e-3, weight_decay=0.0,
+                                      total_steps=10, rng=jax.random.key_data(jax.random.key(1)))
+    step = jax.jit(training.make_train_step(model, tx))
+    batch = {"inputs": jnp.asarray(TRAIN[0][:4]), "targets": jnp.asarray(TRAIN[1][:4])}
+    new_state, m = step(state, batch)
+    assert float(m["aux_loss"]) > 0
+    assert float(m["loss"]) == pytest.approx(float(m["cross_entropy"] + m["aux_loss"]), rel=1e-6)
+    assert int(new_state.step) == 1 and float(m["learning_rate"]) == pytest.approx(1e-3)
+
+
+# --- the vmapped grid ---
+
+def test_vmapped_grid_equals_six_sequential_runs(grid_vmapped):
+    sequential = fit({"grid": training.DEFAULT_GRID, "vmap": False})
+    assert len(grid_vmapped) == len(sequential) == 6
+    for v, s in zip(grid_vmapped, sequential):
+        assert (v["learning_rate"], v["weight_decay"]) == (s["learning_rate"], s["weight_decay"])
+        lv, ls = np.array(v["loss_curve"]), np.array(s["loss_curve"])
+        assert lv.shape == ls.shape == (12, 2)
+        np.testing.assert_allclose(lv, ls, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.array(v["eval_curve"]), np.array(s["eval_curve"]),
+                                   rtol=1e-5, atol=1e-6)
+    # The grid is not degenerate: learning rates give different curves.
+    assert grid_vmapped[0]["final_train_loss"] != grid_vmapped[-1]["final_train_loss"]
+    assert grid_vmapped[-1]["final_train_loss"] < grid_vmapped[-1]["loss_curve"][0][1]
+
+
+def test_same_seed_same_curve(grid_vmapped):
+    again = fit({"grid": training.DEFAULT_GRID})
+    for a, b in zip(grid_vmapped, again):
+        assert a["loss_curve"] == b["loss_curve"] and a["eval_curve"] == b["eval_curve"]
+
+
+# Tests below use 6-run grids so that they reuse the fixture's compiled program.
+
+def test_nonfinite_run_stops_others_continue():
+    grid = training.DEFAULT_GRID[:5] + ((float("inf"), 0.0),)
+    *oks, bad = fit({"grid": grid, "train_steps": 6})
+    for ok in oks:
+        assert ok["status"] == "ok" and ok["steps"] == 6 and np.isfinite(ok["final_test_acc"])
+    assert bad["status"] == "failed" and "non-finite" in bad["error"]
+    assert bad["steps"] < 6 and np.isnan(bad["final_test_acc"])
+
+
+def test_stop_accuracy_freezes_run():
+    for res in fit({"grid": training.DEFAULT_GRID, "stop_accuracy": 0.0, "train_steps": 12}):
+        assert res["steps"] == 4 and len(res["eval_curve"]) == 1  # first evaluation: step 4
+        assert res["final_test_acc"] == res["eval_curve"][0][1]
+
+
+# --- checkpoints, resume, metrics files ---
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step):
+    def on_log(info):
+        if info["step"] == step:
+            raise Interrupt
+    return on_log
+
+
+def _strip(results):
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "compile_time_s")}
+            for r in results]
+
+
+def test_kill_and_resume_gives_the_same_result(tmp_path, grid_vmapped):
+    grid = {"grid": training.DEFAULT_GRID}
+    out = str(tmp_path / "run")
+    with pytest.raises(Interrupt):
+        fit(grid, out_dir=out, on_log=interrupt_at(8))  # last checkpoint at step 5
+    assert os.path.isdir(os.path.join(out, "checkpoints", "5"))
+    messages = []
+    resumed = fit(grid, out_dir=out, log=messages.append)
+    assert any("resuming from step 5/12" in m for m in messages)
+    assert _strip(resumed) == _strip(grid_vmapped)
+    assert not os.path.exists(os.path.join(out, "checkpoints"))  # removed once finished
+    records = training.read_metrics(os.path.join(out, "lr=0.001,wd=0.1", "metrics.jsonl"))
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    assert train_steps == list(range(1, 13))  # steps 6-8 of the killed session were dropped
+    assert [r["step"] for r in records if "test/accuracy" in r] == [4, 8, 12]
+
+
+def test_corrupt_checkpoint_is_named_and_run_starts_over(tmp_path, grid_vmapped):
+    grid = {"grid": training.DEFAULT_GRID}
+    out = str(tmp_path / "run")
+    with pytest.raises(Interrupt):
+        fit(grid, out_dir=out, on_log=interrupt_at(6))
+    step_dir = os.path.join(out, "checkpoints", "5")
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    messages = []
+    again = fit(grid, out_dir=out, log=messages.append)
+    assert any("corrupt checkpoint" in m and step_dir in m and "starting this run over" in m
+               for m in messages), messages
+    assert _strip(again) == _strip(grid_vmapped)
+
+
+def test_checkpoint_from_other_config_is_not_used(tmp_path):
+    out = str(tmp_path / "run")
+    grid = training.DEFAULT_GRID
+    with pytest.raises(Interrupt):
+        fit({"grid": grid}, out_dir=out, on_log=interrupt_at(6))
+    messages = []
+    fit({"grid": grid[::-1]}, out_dir=out, log=messages.append)
+    assert any("another config" in m for m in messages)
+
+
+def test_tensorboard_events_written(tmp_path):
+    out = str(tmp_path / "run")
+    fit({"grid": training.DEFAULT_GRID, "train_steps": 4}, out_dir=out)
+    run_dir = os.path.join(out, "lr=0.0005,wd=0")
+    (events_file,) = [f for f in os.listdir(run_dir) if f.startswith("events.out.tfevents")]
+    events = training.tensorboard.read_events(os.path.join(run_dir, events_file))
+    assert events[0]["file_version"] == "brain.Event:2"
+    losses = [(e["step"], e["scalars"]["train/loss"]) for e in events if "train/loss" in e["scalars"]]
+    jsonl = training.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    assert losses == [(r["step"], pytest.approx(r["train/loss"], rel=1e-6)) for r in jsonl
+                      if "train/loss" in r]
+    assert json.loads(json.dumps(jsonl))  # plain JSON lines
