@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mad_jax.layers import accounting
+from mad_jax.layers.dense import DenseGeneral
 from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.rotary import apply_rotary
@@ -127,12 +128,11 @@ class MultiHeadAttention(nn.Module):
         zeros = nn.initializers.zeros_init()
 
         def in_proj(name):
-            return nn.DenseGeneral(
+            return DenseGeneral(
                 (self.num_heads, head_dim), use_bias=self.use_bias, dtype=self.dtype,
                 param_dtype=self.param_dtype, name=name,
-                kernel_init=nn.with_logical_partitioning(torch_linear_init(),
-                                                         ("embed", "heads", "kv")),
-                bias_init=nn.with_logical_partitioning(zeros, ("heads", "kv")))
+                kernel_init=torch_linear_init(), kernel_axes=("embed", "heads", "kv"),
+                bias_init=zeros)
 
         q_BxLxHxDh = in_proj("query")(x_BxLxD)
         k_BxLxHxDh = in_proj("key")(x_BxLxD)
@@ -140,11 +140,11 @@ class MultiHeadAttention(nn.Module):
         q_BxLxHxDh = apply_rotary(q_BxLxHxDh, rotary_dim, base=self.rotary_base)
         k_BxLxHxDh = apply_rotary(k_BxLxHxDh, rotary_dim, base=self.rotary_base)
         o_BxLxHxDh = causal_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, window=self.window)
-        return nn.DenseGeneral(
+        return DenseGeneral(
             dim, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
             param_dtype=self.param_dtype, name="out",
-            kernel_init=nn.with_logical_partitioning(torch_linear_init(), ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(zeros, ("embed",)),
+            kernel_init=torch_linear_init(), kernel_axes=("heads", "kv", "embed"),
+            bias_init=zeros,
         )(o_BxLxHxDh)
 
     def _keys_per_query(self, seq_len: int) -> int:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers import accounting
+from mad_jax.layers.dense import DenseGeneral
 from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 
@@ -40,17 +41,17 @@ _FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")
 
 def _heads_in(features, kernel_init, *, dtype, param_dtype, name, use_bias=False):
     """[.., D] -> [.., H, Dh] projection with ("embed", "heads", "kv") kernel axes."""
-    return nn.DenseGeneral(
+    return DenseGeneral(
         features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(kernel_init, ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")))
+        kernel_init=kernel_init, kernel_axes=("embed", "heads", "kv"),
+        bias_init=nn.initializers.zeros_init())
 
 
 def _heads_out(dim, kernel_init, *, dtype, param_dtype, name):
     """[.., H, Dv] -> [.., D] projection with ("heads", "kv", "embed") kernel axes, no bias."""
-    return nn.DenseGeneral(
+    return DenseGeneral(
         dim, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(kernel_init, ("heads", "kv", "embed")))
+        kernel_init=kernel_init, kernel_axes=("heads", "kv", "embed"))
 
 
 def _split_dims(dim: int, num_heads: int, expand_k: float, expand_v: float) -> tuple[int, int]:
@@ -213,10 +214,10 @@ class GatedLinearAttention(nn.Module):
         gate_BxLxR = nn.Dense(
             self.gate_low_rank_dim, use_bias=False, name="gk_proj_down", **kw,
             kernel_init=nn.with_logical_partitioning(init, ("embed", None)))(x_BxLxD)
-        gate_BxLxHxK = nn.DenseGeneral(
+        gate_BxLxHxK = DenseGeneral(
             (self.num_heads, head_k), name="gk_proj_up", **kw,
-            kernel_init=nn.with_logical_partitioning(init, (None, "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")),
+            kernel_init=init, kernel_axes=(None, "heads", "kv"),
+            bias_init=nn.initializers.zeros_init(),
         )(gate_BxLxR)
         log_decay_BxLxHxK = (jax.nn.log_sigmoid(gate_BxLxHxK.astype(jnp.float32))
                              / self.gate_logit_normalizer)

@@ -1,0 +1,62 @@
+"""Multi-host: process start-up, which process reports, and sharded checkpoints.
+
+On a TPU pod slice every host runs the same command; `initialize(True)` connects them (TPU VMs
+are discovered automatically; elsewhere pass the coordinator address, the process count and this
+process's id). Afterwards `jax.devices()` lists every device of the job, meshes span all hosts,
+and each host feeds only the rows of a batch that its own devices hold (`Partitioner.shard_batch`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_initialized = False
+
+
+def initialize(enabled: bool = False, *, coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> bool:
+    """Calls `jax.distributed.initialize` once when `enabled` (the config's `distributed` flag).
+
+    Must run before anything touches a device. Returns whether the job is multi-process.
+    """
+    global _initialized
+    if enabled and not _initialized:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+        _initialized = True
+    return jax.process_count() > 1
+
+
+def is_main_process() -> bool:
+    """True on process 0, the only one that writes results, reports and logs."""
+    return jax.process_index() == 0
+
+
+def restore_target(abstract_state, shardings):
+    """jax.ShapeDtypeStructs carrying the target shardings: what orbax restores onto.
+
+    The target mesh may differ from the one the checkpoint was written on (4x2 -> 8x1 -> 1 device):
+    orbax reads each device's slice of every array directly in the new layout.
+    """
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_state, shardings)
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
+    """Writes a sharded state: every host writes the shards it owns (called on every process)."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(path), state)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def restore_checkpoint(path: str | os.PathLike, target) -> Any:
+    """Reads a state onto the shardings in `target` (from `restore_target`), on any mesh."""
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        return checkpointer.restore(os.path.abspath(path), target)
+    finally:
+        checkpointer.close()
