@@ -6,6 +6,8 @@ mid-save leaves the previous checkpoint intact; the partial folder is cleaned up
 """
 from __future__ import annotations
 
+import copy
+
 import os
 import shutil
 from typing import Any
@@ -33,9 +35,13 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts saving (asynchronously: device arrays are copied before this returns)."""
+        """Starts saving (asynchronously: device arrays are copied before this returns).
+
+        `meta` is deep-copied here: the JSON is written in the background, and the caller keeps
+        appending to its history lists while that write is under way.
+        """
         self._manager.save(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))))
 
     def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restores the latest (or given) step into the structure of `like_state`.
