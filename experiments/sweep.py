@@ -173,6 +173,9 @@ def main(argv: list[str]) -> None:
         config.keys()  # config_flags reports a file that failed to load only on first use
     except Exception as e:
         _fail(f"cannot load config: {' '.join(str(e).split())}", status=2)
+    if config.get("kind") == "scaling":  # pretraining IsoFLOP sweeps (experiments/configs/scaling.py)
+        from experiments import scaling_sweep
+        sys.exit(scaling_sweep.run_from_config(config))
     from mad_jax.protocol import ProtocolError
     try:
         sweep(config)
