@@ -282,6 +282,8 @@ def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, par
                         "elapsed_s": elapsed, "steps_per_s": (step - start) / max(
                             time.perf_counter() - t_loop, 1e-9)})
             if do_ckpt:
+                for w in writers:  # metrics on disk cover at least what the checkpoint covers
+                    w.flush()
                 meta = {"step": step, "elapsed_s": elapsed, "fingerprint": fingerprint,
                         "runs": hist}
                 ckpt.save(step, gstate, meta)
