@@ -10,6 +10,11 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from mad_jax import xla_cpu_flags  # noqa: E402
+
+# The package does this on import too; done here before any test module can start a backend.
+xla_cpu_flags.disable_ynn_fusion()
+
 
 def pytest_collection_modifyitems(config, items):
     backend = jax.default_backend()

@@ -1,4 +1,6 @@
 """The pure-jnp references of mad_jax.ops against naive O(L^2) / loop implementations."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +157,27 @@ def test_linear_attention_matches_naive(seq_len, chunk_size, decay_scale, bonus)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     rec = _la_rec(q, k, v, log_decay_BxHxLxK=g, bonus_HxK=u)
     np.testing.assert_allclose(rec, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seq_len,chunk_size", [(33, 64), (47, 48), (64, 64)])
+def test_linear_attention_one_chunk_of_several_sub_chunks_at_width_128(seq_len, chunk_size):
+    # One chunk of 3-4 sub-chunks at the GLA layer's width: the shapes that XLA:CPU's YNNPACK
+    # fusions in jaxlib 0.10.2 turn into 1e30s and NaNs (mad_jax/xla_cpu_flags.py switches them
+    # off), compiled after a gradient of the same function as in a training step.
+    q, k, v, _ = _la_inputs(seq_len, 2, 1, seq_len, 128, 128)
+    q = q * 128 ** -0.5  # as the layer scales its queries
+    g = np.log(1.0 / (1.0 + np.exp(-_rand(5, q.shape)))) / 16.0  # GLA's log-sigmoid gates
+    fn = functools.partial(ops.linear_attention_chunked, chunk_size=chunk_size)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a[:3], log_decay_BxHxLxK=a[3]))),
+                             argnums=range(4)))(q, k, v, g)
+    got = jax.jit(lambda *a: fn(*a[:3], log_decay_BxHxLxK=a[3]))(q, k, v, g)
+    want = ops.linear_attention_recurrent(q, k, v, log_decay_BxHxLxK=g)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+    want_grads = jax.jit(jax.grad(
+        lambda *a: jnp.sum(jnp.sin(ops.linear_attention_recurrent(*a[:3], log_decay_BxHxLxK=a[3]))),
+        argnums=range(4)))(q, k, v, g)
+    for a, b in zip(grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize("bonus", [False, True])

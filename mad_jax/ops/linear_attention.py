@@ -163,8 +163,15 @@ def linear_attention_chunked(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, *, log_decay_BxHxL
     g = None if log_decay_BxHxLxK is None else chunked(log_decay_BxHxLxK)
     inclusive = bonus_HxK is None
 
-    scores = _intra_chunk_scores(q, k, g, inclusive)                           # [B, H, N, C, C]
-    o = jnp.einsum("...ts,...sv->...tv", scores, v)
+    # Chunks of every batch row and head are independent here: one leading axis M = B*H*N keeps
+    # the pairwise decay tensor [M, n, c, c, K] at rank 5 (6 under a vmap over runs); XLA:CPU
+    # fusions of rank >= 7 arrays crash in jaxlib 0.10.2 (see mad_jax/xla_cpu_flags.py).
+    def flat(a):  # [B, H, N, C, X] -> [M, C, X]
+        return a.reshape(-1, chunk, a.shape[-1])
+
+    scores_MxCxC = _intra_chunk_scores(flat(q), flat(k), None if g is None else flat(g),
+                                       inclusive)
+    o = jnp.einsum("mts,msv->mtv", scores_MxCxC, flat(v)).reshape(q.shape[:-1] + (dv,))
     if bonus_HxK is not None:
         u = bonus_HxK.astype(f32)[None, :, None, None, :]
         o = o + jnp.sum(q * u * k, axis=-1, keepdims=True) * v
@@ -173,8 +180,9 @@ def linear_attention_chunked(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, *, log_decay_BxHxL
     if g is None:
         k_end, q_start, chunk_decay = k, q, None
     else:
-        q_factor, k_factor, chunk_decay = _inter_chunk_factors(g, inclusive)
-        q_start, k_end = q * q_factor, k * k_factor
+        q_factor, k_factor, chunk_decay = _inter_chunk_factors(flat(g), inclusive)
+        q_start, k_end = q * q_factor.reshape(q.shape), k * k_factor.reshape(k.shape)
+        chunk_decay = chunk_decay.reshape(batch, heads, n_chunks, dk)
     updates = jnp.einsum("...sk,...sv->...kv", k_end, v)                       # [B, H, N, K, V]
 
     def carry(s_BxHxKxV, inputs):

@@ -1,0 +1,35 @@
+"""The XLA:CPU flag that switches off YNNPACK fusions (mad_jax/xla_cpu_flags.py)."""
+import os
+
+from mad_jax import xla_cpu_flags
+
+
+def test_flag_added_once_and_kept_with_other_flags(monkeypatch):
+    monkeypatch.setattr(xla_cpu_flags, "_jaxlib_version", lambda: (0, 10, 2))
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert xla_cpu_flags.disable_ynn_fusion(env)
+    assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                                "--xla_cpu_experimental_ynn_fusion_type=")
+    assert not xla_cpu_flags.disable_ynn_fusion(env)  # already there: unchanged
+    assert env["XLA_FLAGS"].count("ynn") == 1
+
+
+def test_users_own_setting_wins(monkeypatch):
+    monkeypatch.setattr(xla_cpu_flags, "_jaxlib_version", lambda: (0, 10, 2))
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=foo"}
+    assert not xla_cpu_flags.disable_ynn_fusion(env)
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=foo"
+
+
+def test_unknown_jaxlib_left_alone(monkeypatch):
+    # XLA aborts on a flag it does not know, so releases outside the known range get nothing.
+    for version in [(0, 9, 0), (0, 12, 0), None]:
+        monkeypatch.setattr(xla_cpu_flags, "_jaxlib_version", lambda v=version: v)
+        env = {}
+        assert not xla_cpu_flags.disable_ynn_fusion(env) and env == {}
+
+
+def test_this_process_runs_with_the_flag():
+    low, high = xla_cpu_flags._KNOWN_RANGE
+    if low <= xla_cpu_flags._jaxlib_version() < high:
+        assert xla_cpu_flags.YNN_FLAG in os.environ["XLA_FLAGS"]
