@@ -1,6 +1,7 @@
-"""Steps/s of the hyperparameter grid: 6 runs vmapped in one program vs the 6 runs one after another.
+"""Steps/s of the hyperparameter grid: 6 runs vmapped in one program vs the 6 runs one after
+another.
 
-    .venv/bin/python -m benchmarks.protocol                       # default hybrid, in-context recall
+    .venv/bin/python -m benchmarks.protocol          # default hybrid, in-context recall
     .venv/bin/python -m benchmarks.protocol --layers="mh-attention swiglu" --batch_size=64
 
 Both modes train the same model on the same batches with the same compiled step semantics; a

@@ -1,4 +1,5 @@
-"""The MAD sweep CLI: one or several architectures through the protocol, then a score table and report.
+"""The MAD sweep CLI: one or several architectures through the protocol, then a score table and
+a report.
 
     python -m experiments.sweep --config=experiments/configs/mad.py --config.preset=smoke \
         --config.workdir=workdir/smoke
@@ -92,10 +93,31 @@ def make_model_fn(layers: str, *, dim: int, norm: str):
     return model_fn
 
 
+def check_mesh(config, num_runs: int) -> dict:
+    """The mesh fields as TrainConfig overrides, after checking them against the devices."""
+    from mad_jax import sharding
+
+    if not config.mesh:
+        if config.dcn_mesh or config.sharding_rules:
+            raise SweepError("dcn_mesh and sharding_rules need a mesh, e.g. --config.mesh=auto")
+        return {}
+    import jax
+
+    mesh = sharding.sweep_mesh(num_runs) if config.mesh == "auto" else config.mesh
+    sharding.make_mesh(mesh, dcn_mesh=config.dcn_mesh or None)
+    sharding.make_rules(config.sharding_rules or None)
+    sweep = sharding.parse_mesh(mesh, jax.device_count())["sweep"]
+    if num_runs % sweep:
+        raise SweepError(f"mesh {config.mesh!r}: its sweep axis ({sweep}) does not divide the "
+                         f"{num_runs} runs of the grid; use --config.mesh=auto")
+    return {"mesh": config.mesh, "sharding_rules": config.sharding_rules,
+            "dcn_mesh": config.dcn_mesh}
+
+
 def validate(config) -> dict:
     """Checks everything that can be checked before training; returns the parsed sweep plan."""
     from mad_jax import models, protocol
-    from mad_jax.training import TrainConfig
+    from mad_jax.training import DEFAULT_GRID, TrainConfig
 
     try:
         preset = protocol.get_preset(config.preset)
@@ -108,6 +130,7 @@ def validate(config) -> dict:
             except ValueError as e:
                 raise SweepError(f"architecture {name!r}: {e}") from None
         overrides = {k: v for k, v in config.train.items() if v is not None}
+        overrides.update(check_mesh(config, len(grid or preset.grid or DEFAULT_GRID)))
         protocol.train_config(preset, seed=config.seed, overrides=overrides)
         TrainConfig.from_any(overrides)
     except (ValueError, KeyError) as e:
@@ -123,6 +146,10 @@ def sweep(config) -> "pandas.DataFrame":
     from mad_jax import protocol
     from mad_jax.protocol import results_table
 
+    from mad_jax import sharding
+
+    if config.get("distributed"):  # before anything touches a device: every host of the job
+        sharding.initialize(True)
     plan = validate(config)
     workdir = config.workdir
     cache_dir = config.cache_dir or os.path.join(workdir, "data")
@@ -142,6 +169,8 @@ def sweep(config) -> "pandas.DataFrame":
             arch=name, seed=config.seed, train_overrides=plan["overrides"], cache_dir=cache_dir,
             log=_progress_printer(config.progress_every_s)))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
+    if not sharding.is_main_process():  # process 0 writes and reports for the whole job
+        return results
     results_table.write(os.path.join(workdir, results_table.RESULTS_FILE), results)
     # The score table comes first in what the user reads at the end.
     print("\n" + protocol.preset_notice(results))

@@ -1,5 +1,5 @@
-"""The MAD protocol: scores on a hand-made table, the results table, presets, a smoke protocol end to
-end on one task, kill-and-resume through `run`, the report, and bad input."""
+"""The MAD protocol: scores on a hand-made table, the results table, presets, a smoke protocol
+end to end on one task, kill-and-resume through `run`, the report, and bad input."""
 import json
 import os
 
@@ -71,7 +71,8 @@ def test_scores_several_archs_and_table():
     assert list(table.index) == ["a", "b"] and list(table.columns) == ["A", "B", "mean"]
     assert table.loc["a", "mean"] == pytest.approx(0.525)
     text = protocol.format_score_table(pd.DataFrame(rows))
-    assert text.splitlines()[0] == "| arch | A | B | mean |" and "| a | 0.550 | 0.500 | 0.525 |" in text
+    assert text.splitlines()[0] == "| arch | A | B | mean |"
+    assert "| a | 0.550 | 0.500 | 0.525 |" in text
 
 
 def test_results_table_roundtrip_and_upsert(tmp_path):
@@ -96,6 +97,8 @@ def test_results_table_roundtrip_and_upsert(tmp_path):
 def test_presets():
     full = protocol.get_preset("full")
     assert full.is_mad and not protocol.get_preset("smoke").is_mad
+    assert full.grid is None and protocol.get_preset("smoke").grid is None  # the protocol's 6
+    assert protocol.get_preset("quick").grid == ((1e-3, 0.0),)
     assert len(protocol.plan(protocol.check_tasks(None), full)) == 66
     assert len(protocol.plan(protocol.check_tasks(None), protocol.get_preset("quick"))) == 6
     cfg = protocol.train_config(full)

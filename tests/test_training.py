@@ -253,7 +253,8 @@ def test_tensorboard_events_written(tmp_path):
     (events_file,) = [f for f in os.listdir(run_dir) if f.startswith("events.out.tfevents")]
     events = training.tensorboard.read_events(os.path.join(run_dir, events_file))
     assert events[0]["file_version"] == "brain.Event:2"
-    losses = [(e["step"], e["scalars"]["train/loss"]) for e in events if "train/loss" in e["scalars"]]
+    losses = [(e["step"], e["scalars"]["train/loss"]) for e in events
+              if "train/loss" in e["scalars"]]
     jsonl = training.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     assert losses == [(r["step"], pytest.approx(r["train/loss"], rel=1e-6)) for r in jsonl
                       if "train/loss" in r]

@@ -28,6 +28,13 @@ def base_config() -> config_dict.ConfigDict:
     c.jax_cache_dir = ""          # persistent XLA compilation cache; "" = <workdir>/jax_cache
     c.report = True               # write report.md / report.html / plots after the sweep
     c.progress_every_s = 10.0     # at most one progress line per this many seconds
+    # Devices (README: "TPU VMs and pod slices"). mesh "" trains on one device; "auto" spreads
+    # each grid's runs over the devices (sweep axis) and uses the rest data parallel; or axis
+    # sizes, e.g. "sweep:2,data:4" (mad_jax.sharding).
+    c.mesh = ""
+    c.sharding_rules = ""         # logical-axis overrides, e.g. "embed:none"
+    c.dcn_mesh = ""               # axis sizes across TPU slices, e.g. "data:2"
+    c.distributed = False         # jax.distributed.initialize() first: every host of a pod slice
     # Overrides of the preset's training budget (unset = the preset's value).
     c.train = config_dict.ConfigDict({
         "train_steps": config_dict.placeholder(int),

@@ -1,4 +1,5 @@
-"""The MAD protocol: settings x hyperparameter grid -> runs -> results table -> MAD scores -> report."""
+"""The MAD protocol: settings x hyperparameter grid -> runs -> results table -> MAD scores ->
+report."""
 from mad_jax.protocol import results_table
 from mad_jax.protocol.presets import PRESETS, Preset, get_preset
 from mad_jax.protocol.report import format_score_table, preset_notice, write_report

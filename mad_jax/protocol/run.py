@@ -1,4 +1,5 @@
-"""`run`: every setting of every task x the hyperparameter grid -> a results table (one row per run).
+"""`run`: every setting of every task x the hyperparameter grid -> a results table, one row per
+run.
 
 Layout of `out_dir` (one architecture):
 
@@ -20,6 +21,7 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import pandas as pd
 
 from mad_jax.protocol import results_table
@@ -102,7 +104,13 @@ def _check_protocol_file(out_dir: str, record: dict) -> None:
                 raise ProtocolError(
                     f"{out_dir} holds results made with {k}={old.get(k)!r}, not {record[k]!r}; "
                     "use another workdir (results of different protocols must not mix)")
-    atomic_write_json(path, record)
+    if _writes():
+        atomic_write_json(path, record)
+
+
+def _writes() -> bool:
+    """Only process 0 of a multi-host job writes results (every process computes them)."""
+    return jax.process_index() == 0
 
 
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
@@ -114,7 +122,8 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
 
     model_fn(task, vocab_size, max_length) -> flax Module (the user's architecture).
     out_dir: where results, per-run metrics and checkpoints go (layout in the module docstring).
-    tasks: task names (default: all six). grid: (lr, wd) pairs (default: DEFAULT_GRID).
+    tasks: task names (default: all six). grid: (lr, wd) pairs (default: the preset's grid:
+      DEFAULT_GRID, the protocol's 3 x 2, for "full" and "smoke"; one run for "quick").
     preset: "full" (the paper's protocol: 66 settings x 6 runs, 200 epochs), "quick" or "smoke"
       (see mad_jax.protocol.PRESETS); every row records its preset.
     arch: the name written in the `arch` column (default: model_fn's __name__).
@@ -122,7 +131,7 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     """
     preset = get_preset(preset)
     tasks = check_tasks(tasks)
-    grid = tuple((float(lr), float(wd)) for lr, wd in (grid or DEFAULT_GRID))
+    grid = tuple((float(lr), float(wd)) for lr, wd in (grid or preset.grid or DEFAULT_GRID))
     arch = arch or getattr(model_fn, "__name__", "model")
     out_dir = os.fspath(out_dir)
     check_writable(out_dir)
@@ -159,14 +168,16 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
                             preset=preset, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
                             meter=meter, label=label, setting_work=setting_work, log=log)
         results = results_table.upsert(results, rows)
-        results_table.write(results_path, results)
+        if _writes():
+            results_table.write(results_path, results)
         done |= {results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"])
                  for r in rows}
         ok = [r for r in rows if r["status"] == "ok"]
         best = max((r["final_test_acc"] for r in ok), default=float("nan"))
         log(f"{label}: best final test acc {best:.3f} over {len(rows)} runs"
             f"{f', {len(rows) - len(ok)} failed' if len(ok) < len(rows) else ''} "
-            f"({format_duration(rows[0].get('wall_time_s'))}; elapsed {format_duration(time.time() - t_start)})")
+            f"({format_duration(rows[0].get('wall_time_s'))}; "
+            f"elapsed {format_duration(time.time() - t_start)})")
     return results
 
 
@@ -190,18 +201,20 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a run that crashes is recorded as failed; the sweep goes on
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "error.txt"), "w") as f:
-            f.write(traceback.format_exc())
+        if _writes():
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "error.txt"), "w") as f:
+                f.write(traceback.format_exc())
         message = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
         meter.end_setting(setting_work)
         return [dict(common, learning_rate=lr, weight_decay=wd, status="failed", error=message,
                      grid_size=len(grid)) for lr, wd in grid]
     meter.end_setting(setting_work)
-    atomic_write_json(os.path.join(run_dir, "result.json"),
-                      {"task": task, "setting": name, "setting_params": dict(setting),
-                       "preset": preset.name, "arch": arch, "runs": runs})
+    if _writes():
+        atomic_write_json(os.path.join(run_dir, "result.json"),
+                          {"task": task, "setting": name, "setting_params": dict(setting),
+                           "preset": preset.name, "arch": arch, "runs": runs})
     rows = []
     for r in runs:
         rows.append(dict(common, **{k: r[k] for k in (

@@ -20,7 +20,7 @@ def _as_frame(results) -> pd.DataFrame:
 
 
 def setting_scores(results, *, metric: str = "final_test_acc") -> pd.DataFrame:
-    """One row per (arch, task, setting): the best `metric` over the grid, and the run it came from."""
+    """One row per (arch, task, setting): the best `metric` over the grid and its run."""
     df = _as_frame(results).copy()
     if "arch" not in df.columns:
         df["arch"] = "model"

@@ -1,5 +1,5 @@
-"""Checkpoints with orbax: the (grid) train state plus a JSON record of everything else a resumed run
-needs (data position, evaluation history, elapsed time, config fingerprint).
+"""Checkpoints with orbax: the (grid) train state plus a JSON record of everything else a
+resumed run needs (data position, evaluation history, elapsed time, config fingerprint).
 
 Orbax writes each step to a temporary folder and renames it when complete, so a process killed
 mid-save leaves the previous checkpoint intact; the partial folder is cleaned up on the next start.
@@ -42,6 +42,18 @@ class Checkpointer:
         """
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))))
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON record of the latest (or given) step alone (cheap: no arrays are read)."""
+        step = self.latest_step() if step is None else step
+        path = os.path.join(self.directory, str(step))
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+        except Exception as e:
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"corrupt checkpoint {path}: {type(e).__name__}: "
+                                  f"{first_line[:300]}") from e
 
     def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restores the latest (or given) step into the structure of `like_state`.

@@ -1,4 +1,5 @@
-"""The training config and the one function that turns `*_steps` / `*_epochs` / `*_examples` into steps."""
+"""The training config, and the one function that turns `*_steps` / `*_epochs` / `*_examples`
+into steps."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,11 +42,16 @@ class TrainConfig:
     stop_accuracy: float | None = 0.999         # a run stops once its test accuracy reaches this
     seed: int = 0                               # model init and data order
     data_seed: int = 0                          # the task's data (tasks.load)
-    max_train_examples: int | None = None       # cap on the task's training set (smoke/quick presets)
+    max_train_examples: int | None = None       # cap on the task's training set (smoke preset)
     max_test_examples: int | None = None
     vmap: bool = True                           # grid runs together (True) or one after another
     tensorboard: bool = True
     keep_checkpoints: bool = False              # delete a run's checkpoints once it has finished
+    # Devices (mad_jax.sharding): "" trains on one device; "auto" spreads the grid's runs over all
+    # devices ("sweep:gcd(runs, devices),data:-1"); or axis sizes, e.g. "sweep:2,data:4".
+    mesh: str = ""
+    sharding_rules: str = ""                    # logical-axis overrides, e.g. "embed:none"
+    dcn_mesh: str = ""                          # axis sizes across TPU slices, e.g. "data:2"
 
     @classmethod
     def from_any(cls, config: "TrainConfig | Mapping[str, Any] | None" = None,

@@ -55,8 +55,8 @@ def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tup
         runs = jax.jit(_init_runs.__wrapped__, static_argnums=0)(tx, params, lrs, wds,
                                                                   jnp.int32(total_steps), rng)
     r = len(grid)
-    return GridState(runs=runs, active=jnp.ones((r,), bool), stop_step=jnp.full((r,), -1, jnp.int32),
-                     nonfinite=jnp.zeros((r,), bool))
+    return GridState(runs=runs, active=jnp.ones((r,), bool),
+                     stop_step=jnp.full((r,), -1, jnp.int32), nonfinite=jnp.zeros((r,), bool))
 
 
 def run_state(grid_state: GridState, index: int) -> TrainState:

@@ -18,7 +18,7 @@ class TokenStats(NamedTuple):
 
 
 def token_stats(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> TokenStats:
-    """Cross-entropy (float32 log-softmax) and argmax hits summed over positions with target >= 0."""
+    """Cross-entropy (float32) and argmax hits summed over positions with target >= 0."""
     mask_BxL = targets_BxL != IGNORE_INDEX
     safe_BxL = jnp.where(mask_BxL, targets_BxL, 0)
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
@@ -40,6 +40,6 @@ def accuracy(stats: TokenStats) -> jax.Array:
 
 
 def sum_aux_losses(collections) -> jax.Array:
-    """Sum of every leaf of the "losses" collection a model sowed (MoE load balancing); 0 if none."""
+    """Sum of every leaf of the "losses" collection a model sowed (MoE balancing); 0 if none."""
     leaves = jax.tree_util.tree_leaves(collections.get("losses", {}) if collections else {})
     return sum((jnp.sum(x.astype(jnp.float32)) for x in leaves), jnp.zeros((), jnp.float32))

@@ -72,7 +72,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
     Objective: mean cross-entropy over scored positions plus every auxiliary loss the model sows
     into the "losses" collection. The learning rate follows `cosine_learning_rate` from the state's
-    peak over the state's total_steps; metrics are scalars: loss, cross_entropy, aux_loss, accuracy, grad_norm, learning_rate.
+    peak over the state's total_steps; metrics are scalars: loss, cross_entropy, aux_loss,
+    accuracy, grad_norm, learning_rate.
     """
     def loss_fn(params, batch, rng):
         logits_BxLxV, aux_loss = _forward(model, params, batch["inputs"], rng)
@@ -99,7 +100,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """Returns `eval_step(state, batch) -> metrics` of summed TokenStats (loss_sum, correct, count)."""
+    """Returns `eval_step(state, batch) -> metrics`: summed loss_sum, correct and count."""
     def eval_step(state: TrainState, batch) -> dict:
         logits_BxLxV, _ = _forward(model, state.params, batch["inputs"])
         return losses.token_stats(logits_BxLxV, batch["targets"])._asdict()

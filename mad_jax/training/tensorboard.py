@@ -2,7 +2,8 @@
 
 An event file is a TFRecord stream: each record is
 
-    uint64 length (little endian) | uint32 masked_crc32c(length bytes) | payload | uint32 masked_crc32c(payload)
+    uint64 length (little endian) | uint32 masked_crc32c(length bytes) | payload
+        | uint32 masked_crc32c(payload)
 
 and each payload is a serialized `tensorflow.Event` protobuf. We only need three message shapes:
 
@@ -99,7 +100,7 @@ def encode_event(*, wall_time: float, step: int = 0, scalars: dict[str, float] |
 
 
 class EventFileWriter:
-    """Appends scalar summaries to `logdir/events.out.tfevents.<time>.<host>` (TensorBoard-readable).
+    """Appends scalar summaries to `logdir/events.out.tfevents.<time>.<host>...` for TensorBoard.
 
     Each writer opens a new file (as TensorBoard's own writers do); `start_step` writes a
     SessionLog START so that TensorBoard discards events past that step from an earlier,

@@ -31,9 +31,10 @@ from mad_jax.training.steps import init_params, make_eval_step, make_train_step
 
 BatchFn = Callable[[int], Iterator[Mapping[str, np.ndarray]]]
 # Fields that do not change what a run computes (a checkpoint stays valid when they change).
+# The mesh is not either: a checkpoint restores onto any mesh.
 _NOT_IN_FINGERPRINT = ("log_every_steps", "tensorboard", "keep_checkpoints", "vmap",
                        "checkpoint_every_steps", "checkpoint_every_epochs",
-                       "checkpoint_every_examples")
+                       "checkpoint_every_examples", "mesh", "sharding_rules", "dcn_mesh")
 
 
 def run_name(learning_rate: float, weight_decay: float) -> str:
@@ -108,6 +109,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
     tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     init_rng, state_rng = jax.random.split(jax.random.key(cfg.seed))
     params = init_params(model, init_rng, jnp.asarray(train_x[:1], jnp.int32))
+    part = make_partitioner(cfg, group_size=len(cfg.runs) if cfg.vmap else 1)
     n_params = count_params(params)
     test_batches = _pad_test_set(test_x, test_y, cfg.eval_batch_size or bs)
     fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
@@ -130,14 +132,58 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
                 ckpt_dir = os.path.join(ckpt_dir, run_name(*runs[group[0]]))
         group_results = _fit_group(
             [runs[i] for i in group], vmapped=vmapped, model=model, params=params, tx=tx,
-            rng=jax.random.key_data(state_rng), test_batches=test_batches, batch_fn=batch_fn, cfg=cfg, total=total,
-            eval_every=eval_every, ckpt_every=ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir,
-            fingerprint=fingerprint, on_log=on_log, log=log,
-            sample_shape=(bs, train_x.shape[1]))
+            rng=jax.random.key_data(state_rng), test_batches=test_batches, batch_fn=batch_fn,
+            cfg=cfg, total=total, eval_every=eval_every, ckpt_every=ckpt_every,
+            ckpt_dir=ckpt_dir, out_dir=out_dir, fingerprint=fingerprint, on_log=on_log, log=log,
+            sample_shape=(bs, train_x.shape[1]), part=part)
         for i, res in zip(group, group_results):
             res["params"] = n_params
             results[i] = res
     return results
+
+
+def make_partitioner(cfg: TrainConfig, *, group_size: int):
+    """The `mad_jax.sharding.Partitioner` of `cfg.mesh`, or None to train on one device.
+
+    group_size: runs trained together (the vmapped grid); the mesh's `sweep` axis must divide it.
+    "auto" puts as many runs side by side as divide both the runs and the devices, and uses the
+    remaining devices data parallel.
+    """
+    if not cfg.mesh:
+        return None
+    from mad_jax import sharding
+
+    mesh = sharding.sweep_mesh(group_size) if cfg.mesh == "auto" else cfg.mesh
+    part = sharding.Partitioner.create(mesh, rules=cfg.sharding_rules or None,
+                                       dcn_mesh=cfg.dcn_mesh or None)
+    sweep = part.mesh.shape["sweep"]
+    if group_size % sweep:
+        raise ValueError(f"mesh {cfg.mesh!r}: its sweep axis ({sweep}) does not divide the "
+                         f"{group_size} runs trained together; use mesh='auto' or "
+                         f"'{sharding.sweep_mesh(group_size)}'")
+    for name, size in (("batch_size", cfg.batch_size),
+                       ("eval_batch_size", cfg.eval_batch_size or cfg.batch_size)):
+        examples = part.mesh.shape["data"] * part.mesh.shape["fsdp"]
+        if size % examples:
+            raise ValueError(f"{name} {size} does not divide over the mesh's data x fsdp axes "
+                             f"({examples} devices); use a multiple of {examples}")
+    return part
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly multi-host, sharded) array as one numpy array on every process."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _place(x, sharding):
+    """A host value (identical on every process) as a global array in `sharding`."""
+    if sharding is None:
+        return jnp.asarray(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 # Compiled grid programs, reused across fit() calls: equal Flax modules (they hash by their fields)
@@ -162,48 +208,76 @@ def _compiled(key: tuple, build: Callable[[], Any]):
 
 
 def compile_grid_programs(model, tx, gstate: GridState, batch_spec, test_batches, *,
-                          vmapped: bool, min_learning_rate: float, tx_key: tuple):
+                          vmapped: bool, min_learning_rate: float, tx_key: tuple,
+                          part=None, shardings=None):
     """(train program, evaluate program), jitted and compiled for these shapes.
 
     tx_key identifies the optimizer (its constant hyperparameters) for reuse across calls.
-    The train program donates the grid state. This is the one place where a mesh would add
-    in/out shardings.
+    The train program donates the grid state. With a `mad_jax.sharding.Partitioner` `part`,
+    both run on its mesh: `shardings` = (grid state, train batch, test batches) shardings in,
+    the state's shardings out, metrics replicated.
     """
     def build():
         train_step = make_train_step(model, tx, min_learning_rate=min_learning_rate)
         eval_step = make_eval_step(model)
-        train_c = jax.jit(make_grid_train_step(train_step, vmapped=vmapped),
-                          donate_argnums=0).lower(gstate, batch_spec).compile()
-        evaluate_c = jax.jit(make_grid_evaluate(make_grid_eval_step(eval_step, vmapped=vmapped))
-                             ).lower(gstate, *test_batches).compile()
+        grid_train = make_grid_train_step(train_step, vmapped=vmapped)
+        grid_evaluate = make_grid_evaluate(make_grid_eval_step(eval_step, vmapped=vmapped))
+        if part is None:
+            train_c = jax.jit(grid_train, donate_argnums=0).lower(gstate, batch_spec).compile()
+            evaluate_c = jax.jit(grid_evaluate).lower(gstate, *test_batches).compile()
+            return train_c, evaluate_c
+        state_sh, batch_sh, test_sh = shardings
+        train_c = part.train_step(grid_train, state_sh, batch_sh).lower(
+            gstate, batch_spec).compile()
+        evaluate_c = part.jit(grid_evaluate, (state_sh, *test_sh), part.replicated()).lower(
+            gstate, *test_batches).compile()
         return train_c, evaluate_c
 
     shapes = jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype)),
                                     (batch_spec, test_batches))
     key = (model, tx_key, min_learning_rate, vmapped, gstate.size,
-           jax.tree_util.tree_structure(gstate), str(jax.tree_util.tree_leaves(shapes)))
+           jax.tree_util.tree_structure(gstate), str(jax.tree_util.tree_leaves(shapes)),
+           None if part is None else (part.mesh, part.rules))
     return _compiled(key, build)
 
 
 def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, params, tx, rng,
                test_batches, batch_fn: BatchFn, cfg: TrainConfig, total: int,
                eval_every: int, ckpt_every: int | None, ckpt_dir: str | None,
-               out_dir: str | None, fingerprint: dict, on_log, log, sample_shape) -> list[dict]:
+               out_dir: str | None, fingerprint: dict, on_log, log, sample_shape,
+               part=None) -> list[dict]:
     r = len(grid)
-    gstate = init_grid_state(params, tx, grid, total_steps=total, rng=rng)
+    state_sh = batch_sh = test_sh = None
+    if part is None:
+        gstate = init_grid_state(params, tx, grid, total_steps=total, rng=rng)
+    else:  # the grid state is created in its shardings (runs over the sweep axis)
+        from mad_jax import sharding
+
+        def create_grid(params, rng):
+            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=total, rng=rng)
+
+        specs = sharding.param_specs(model, jnp.zeros((1, sample_shape[1]), jnp.int32))
+        sharded_create, state_sh = part.init_fn(create_grid, params, rng, params_specs=specs,
+                                                sweep=True)
+        gstate = sharded_create(params, rng)
+        batch_sh = part.batch_shardings(
+            {k: jax.ShapeDtypeStruct(sample_shape, jnp.int32) for k in ("inputs", "targets")})
+        test_sh = part.batch_shardings(test_batches, leading=1)
+        test_batches = part.shard_batch(test_batches, test_sh)
+    fingerprint = dict(fingerprint, runs=[list(g) for g in grid], vmapped=vmapped)
     meta = {"step": 0, "elapsed_s": 0.0, "fingerprint": fingerprint,
             "runs": [_new_history() for _ in range(r)]}
     ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
     resumed = False
     if ckpt is not None and ckpt.latest_step() is not None:
         try:
-            restored, rmeta, _ = ckpt.restore(gstate)
-            if rmeta.get("fingerprint") != fingerprint:
+            if ckpt.read_meta().get("fingerprint") != fingerprint:
                 log(f"note: checkpoint in {ckpt_dir} was made with another config; starting over")
                 ckpt.delete_all()
                 ckpt = Checkpointer(ckpt_dir)
             else:
-                gstate, meta, resumed = restored, rmeta, True
+                gstate, meta, _ = ckpt.restore(gstate)
+                resumed = True
         except CheckpointError as e:
             log(f"warning: {e}; starting this run over")
             ckpt.delete_all()
@@ -212,27 +286,30 @@ def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, par
     if resumed:
         log(f"resuming from step {start}/{total} ({ckpt_dir})")
     names = [run_name(lr, wd) for lr, wd in grid]
+    main_process = jax.process_index() == 0  # only process 0 writes metrics
     writers = ([MetricsWriter(os.path.join(out_dir, n), resume_step=start if resumed else None,
-                              tensorboard=cfg.tensorboard) for n in names] if out_dir else [])
+                              tensorboard=cfg.tensorboard) for n in names]
+               if out_dir and main_process else [])
 
     t0 = time.perf_counter()
     batch_spec = {k: jax.ShapeDtypeStruct(sample_shape, jnp.int32) for k in ("inputs", "targets")}
     train_c, evaluate_c = compile_grid_programs(model, tx, gstate, batch_spec, test_batches,
                                                 vmapped=vmapped,
                                                 min_learning_rate=cfg.min_learning_rate,
-                                                tx_key=("adamw", cfg.b1, cfg.b2, cfg.eps))
+                                                tx_key=("adamw", cfg.b1, cfg.b2, cfg.eps),
+                                                part=part, shardings=(state_sh, batch_sh, test_sh))
     compile_s = time.perf_counter() - t0
 
     hist = meta["runs"]
     step, accum, n_accum = start, None, 0
-    active = np.asarray(gstate.active)
+    active = _host(gstate.active)
     t_loop, elapsed0 = time.perf_counter(), float(meta["elapsed_s"])
     batches = batch_fn(start)
     try:
         while step < total and active.any():
             batch = next(batches)
-            batch = {"inputs": jnp.asarray(batch["inputs"], jnp.int32),
-                     "targets": jnp.asarray(batch["targets"], jnp.int32)}
+            batch = {k: _place(np.asarray(batch[k], np.int32), None if batch_sh is None
+                               else batch_sh[k]) for k in ("inputs", "targets")}
             was_active = active
             gstate, metrics = train_c(gstate, batch)
             step += 1
@@ -240,12 +317,13 @@ def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, par
             n_accum += 1
             do_eval = step % eval_every == 0 or step == total
             # Checkpoint steps are log steps too, so no partial average is lost across a restart.
-            do_ckpt = ckpt is not None and bool(ckpt_every) and step % ckpt_every == 0 and step < total
+            do_ckpt = (ckpt is not None and bool(ckpt_every) and step % ckpt_every == 0
+                       and step < total)
             if not (do_eval or do_ckpt or step % cfg.log_every_steps == 0):
                 continue
             means = {k: np.asarray(v) / n_accum for k, v in jax.device_get(accum).items()}
             accum, n_accum = None, 0
-            active = np.asarray(gstate.active)
+            active = _host(gstate.active)
             for i in range(r):
                 if was_active[i] and active[i]:
                     hist[i]["loss_curve"].append([step, float(means["loss"][i])])
@@ -269,9 +347,12 @@ def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, par
                         writers[i].write(step, {"test/accuracy": acc, "test/loss": loss})
                     reached[i] = cfg.stop_accuracy is not None and acc >= cfg.stop_accuracy
                 if reached.any():
+                    stop_step = np.where(reached, step, _host(gstate.stop_step))
                     gstate = gstate.replace(
-                        active=jnp.asarray(active & ~reached),
-                        stop_step=jnp.where(jnp.asarray(reached), step, gstate.stop_step))
+                        active=_place(active & ~reached,
+                                      None if part is None else state_sh.active),
+                        stop_step=_place(stop_step.astype(np.int32),
+                                         None if part is None else state_sh.stop_step))
                     active = active & ~reached
             elapsed = elapsed0 + time.perf_counter() - t_loop
             if on_log is not None:
@@ -294,8 +375,8 @@ def _fit_group(grid: Sequence[tuple[float, float]], *, vmapped: bool, model, par
         if ckpt is not None:
             ckpt.wait()
 
-    stop_step = np.asarray(gstate.stop_step)
-    nonfinite = np.asarray(gstate.nonfinite)
+    stop_step = _host(gstate.stop_step)
+    nonfinite = _host(gstate.nonfinite)
     results = []
     for i, (lr, wd) in enumerate(grid):
         h = hist[i]
