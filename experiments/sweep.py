@@ -167,7 +167,7 @@ def sweep(config) -> "pandas.DataFrame":
         tables.append(protocol.run(
             model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
             arch=name, seed=config.seed, train_overrides=plan["overrides"], cache_dir=cache_dir,
-            log=_progress_printer(config.progress_every_s)))
+            progress_every_s=config.progress_every_s, log=_log))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
     if not sharding.is_main_process():  # process 0 writes and reports for the whole job
         return results
@@ -184,10 +184,8 @@ def sweep(config) -> "pandas.DataFrame":
     return results
 
 
-def _progress_printer(every_s: float):
-    def log(line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
-    return log
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
 def main(argv: list[str]) -> None:

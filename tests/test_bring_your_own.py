@@ -151,3 +151,31 @@ def test_registered_user_layer_and_whole_user_model_through_the_protocol(tmp_pat
     text = protocol.format_score_table(both)
     assert text.splitlines()[0] == f"| arch | {TASK} | mean |"
     assert (tmp_path / "hybrid" / "results.csv").exists()
+
+
+class _Zero(nn.Module):
+    """A mixer that outputs zeros: the residual stream passes through unchanged."""
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        return jnp.zeros_like(x_BxLxD)
+
+
+def test_replacing_a_registered_layer_is_not_served_from_compiled_caches():
+    layers.register_layer("user-replaced-mixer", CausalConvMixer, {"width": 2})
+    model = models.build("user-replaced-mixer", vocab_size=16, max_length=8, dim=16)
+    tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+
+    def train_loss():
+        result = mad_jax.training.fit(
+            model, (np.asarray(tokens), np.asarray(tokens)), (np.asarray(tokens),) * 2,
+            {"train_steps": 2, "batch_size": 2, "stop_accuracy": None}, log=lambda s: None)
+        return result[0]["final_train_loss"]
+
+    before = train_loss()
+    layers.register_layer("user-replaced-mixer", _Zero, overwrite=True)
+    after = train_loss()  # the same Module object: only the registry says what it contains
+    layers.register_layer("user-replaced-mixer", CausalConvMixer, {"width": 2}, overwrite=True)
+    assert after != pytest.approx(before)
+    assert train_loss() == pytest.approx(before)
+    del layers.LAYERS["user-replaced-mixer"]

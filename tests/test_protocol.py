@@ -171,7 +171,10 @@ def test_protocol_kill_and_resume(tmp_path, smoke_run, monkeypatch):
 
 def test_report(smoke_run):
     out, results, _ = smoke_run
+    import matplotlib
+    backend = matplotlib.get_backend()
     paths = protocol.write_report(str(out), results)
+    assert matplotlib.get_backend() == backend  # a notebook's backend is left alone
     md = open(paths["md"]).read()
     assert "NOT MAD scores" in md and "| arch |" in md and "plots/mad_scores.png" in md
     assert os.path.getsize(paths["scores_png"]) > 1000

@@ -117,7 +117,9 @@ class MultiHeadAttention(nn.Module):
         rotary_dim = head_dim if self.rotary_dim is None else self.rotary_dim
         if not 0 <= rotary_dim <= head_dim or rotary_dim % 2:
             raise ValueError(
-                f"rotary_dim must be even and in [0, head_dim={head_dim}], got {rotary_dim}")
+                f"rotary_dim must be even and in [0, head_dim={head_dim}] (width {dim} / "
+                f"{self.num_heads} heads), got {rotary_dim}; pass a smaller rotary_dim or fewer "
+                "heads, e.g. models.build(..., layer_configs={'mh-attention': {'num_heads': 8}})")
         return head_dim, rotary_dim
 
     @nn.compact

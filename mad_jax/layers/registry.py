@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
+import jax
 
 
 class LayerSpec(NamedTuple):
@@ -29,6 +30,15 @@ class LayerSpec(NamedTuple):
 
 
 LAYERS: dict[str, LayerSpec] = {}
+_generation = 0  # bumped when a registered name is replaced
+
+
+def registry_generation() -> int:
+    """A counter that changes whenever a registered layer is replaced (`overwrite=True`).
+
+    Models name their layers, so caches of compiled programs keyed on a model include it.
+    """
+    return _generation
 
 
 def register_layer(name: str, module: type[nn.Module], config: Mapping[str, Any] | None = None,
@@ -49,6 +59,11 @@ def register_layer(name: str, module: type[nn.Module], config: Mapping[str, Any]
     unknown = sorted(k for k in config if k not in fields)
     if unknown:
         raise ValueError(f"layer {name!r}: config keys {unknown} are not fields of {module.__name__}")
+    if name in LAYERS:
+        # Models hash by their layer names: programs compiled for the old layer must not be reused.
+        global _generation
+        _generation += 1
+        jax.clear_caches()
     LAYERS[name] = LayerSpec(module, config)
     return module
 

@@ -56,6 +56,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(preset: str | Preset) -> Preset:
+    """A Preset by name ("full", "quick", "smoke"), or `preset` itself; ValueError if unknown."""
     if isinstance(preset, Preset):
         return preset
     try:

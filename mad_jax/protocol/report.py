@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mad_jax import figures
 from mad_jax.protocol import results_table
 from mad_jax.protocol.presets import PRESETS
 from mad_jax.protocol.scores import score_table, setting_scores
@@ -48,19 +49,14 @@ def format_score_table(results: pd.DataFrame, *, metric: str = "final_test_acc",
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_scores(results: pd.DataFrame, path: str, *, metric: str = "final_test_acc") -> str:
     """Grouped bar chart: per task (and the mean), one bar per architecture."""
-    plt = _plt()
     table = score_table(results, metric=metric)
     archs, cols = list(table.index), list(table.columns)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cols) * max(1, len(archs)) ** 0.5), 4.0))
+    fig, ax = figures.subplots(
+        figsize=(max(6.0, 1.3 * len(cols) * max(1, len(archs)) ** 0.5), 4.0))
     width = 0.8 / max(1, len(archs))
     x = np.arange(len(cols))
     for i, arch in enumerate(archs):
@@ -74,7 +70,6 @@ def plot_scores(results: pd.DataFrame, path: str, *, metric: str = "final_test_a
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -103,10 +98,9 @@ def plot_difficulty(results: pd.DataFrame, task: str, path: str, *,
     points = _difficulty_points(per_setting, task)
     if not points:
         return None
-    plt = _plt()
-    import matplotlib.ticker  # noqa: F401  (after _plt chose the backend)
-    import matplotlib
-    fig, axes = plt.subplots(1, len(points), figsize=(3.3 * len(points), 3.0), squeeze=False)
+    import matplotlib.ticker
+    fig, axes = figures.subplots(1, len(points), figsize=(3.3 * len(points), 3.0),
+                                 squeeze=False)
     for ax, (key, by_arch) in zip(axes[0], points.items()):
         for arch, pts in by_arch.items():
             if pts:
@@ -124,7 +118,6 @@ def plot_difficulty(results: pd.DataFrame, task: str, path: str, *,
     fig.suptitle(task, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -116,7 +116,7 @@ def _writes() -> bool:
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
         arch: str | None = None, seed: int = 0, train_overrides: Mapping[str, Any] | None = None,
-        cache_dir: str | None = None, progress: bool = True,
+        cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
 
@@ -128,6 +128,7 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       (see mad_jax.protocol.PRESETS); every row records its preset.
     arch: the name written in the `arch` column (default: model_fn's __name__).
     train_overrides: TrainConfig fields that override the preset's (e.g. {"train_steps": 50}).
+    progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     """
     preset = get_preset(preset)
     tasks = check_tasks(tasks)
@@ -136,9 +137,12 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     out_dir = os.fspath(out_dir)
     check_writable(out_dir)
     cfg = train_config(preset, seed=seed, overrides=train_overrides)
+    # What the results depend on; the devices (mesh) do not count: a sweep may resume elsewhere.
+    train_record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(cfg, grid=None)).items()
+                    if k not in ("mesh", "sharding_rules", "dcn_mesh")}
     _check_protocol_file(out_dir, {
         "preset": preset.name, "seed": seed, "arch": arch,
-        "train": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, grid=None)))),
+        "train": json.loads(json.dumps(train_record)),
         "grid": [list(g) for g in grid], "is_mad_score": preset.is_mad})
     results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
     results = results_table.read(results_path)
@@ -152,8 +156,11 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
             n_train = min(n_train, cfg.max_train_examples)
         steps = to_steps(cfg, "train", num_train_examples=n_train, batch_size=cfg.batch_size)
         work.append(steps * setting["seq_len"])
-    meter = Progress(sum(work), log=log if progress else (lambda s: None))
-    log(f"MAD protocol, preset '{preset.name}' ({preset.description}); arch '{arch}'; "
+    meter = Progress(sum(work), every_s=progress_every_s,
+                     log=log if progress else (lambda s: None))
+    preset_grid = tuple(preset.grid or DEFAULT_GRID)
+    grid_note = "" if grid == preset_grid else f"; grid {[list(g) for g in grid]} given"
+    log(f"MAD protocol, preset '{preset.name}' ({preset.description}{grid_note}); arch '{arch}'; "
         f"{len(settings)} settings x {len(grid)} runs -> {out_dir}")
     t_start = time.time()
     for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):

@@ -149,6 +149,7 @@ def write_results_csv(path: str, rows: Sequence[Mapping]) -> None:
 
 
 def read_results_csv(path: str):
+    """The IsoFLOP results table (local path or bucket URL) as a pandas DataFrame."""
     import io  # noqa: PLC0415
 
     import pandas as pd  # noqa: PLC0415

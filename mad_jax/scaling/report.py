@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mad_jax import figures
 from mad_jax.scaling import correlation, fits, state_optimal, storage
 
 PLOTS = ("isoflop.png", "frontier.png", "state_optimal.png")
@@ -81,13 +82,6 @@ def _save(fig, path: str) -> None:
     storage.write_bytes(path, buf.getvalue())
 
 
-def _plt():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
 
 
 def _log_ticks(ax, *, x: bool = True, y: bool = False, plain_y: bool = False) -> None:
@@ -107,12 +101,11 @@ def _log_ticks(ax, *, x: bool = True, y: bool = False, plain_y: bool = False) ->
 
 
 def plot_isoflop(rows, frontiers, path: str) -> None:
-    plt = _plt()
     families = list(dict.fromkeys(str(r["family"]) for r in rows))
     budgets = sorted({float(r["budget"]) for r in rows})
-    colors = plt.cm.viridis(np.linspace(0.05, 0.9, max(len(budgets), 1)))
-    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.6), squeeze=False,
-                             sharey=True)
+    colors = figures.colormap("viridis")(np.linspace(0.05, 0.9, max(len(budgets), 1)))
+    fig, axes = figures.subplots(1, len(families), figsize=(4.2 * len(families), 3.6),
+                                 squeeze=False, sharey=True)
     for ax, family in zip(axes[0], families):
         parabolas = {p.budget: p for p in frontiers[family].parabolas} \
             if family in frontiers else {}
@@ -141,12 +134,10 @@ def plot_isoflop(rows, frontiers, path: str) -> None:
         axes[0][-1].legend(fontsize=7)
     fig.suptitle("IsoFLOP curves (stars: fitted optima)")
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_frontier(frontiers: Mapping[str, fits.Frontier], path: str) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = figures.subplots(1, 3, figsize=(13, 3.8))
     for i, family in enumerate(frontiers):
         fr = frontiers[family]
         color = f"C{i}"
@@ -180,12 +171,10 @@ def plot_frontier(frontiers: Mapping[str, fits.Frontier], path: str) -> None:
     axes[1].set_ylabel("tokens")
     axes[2].set_ylabel("validation loss")
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_state(rows, laws: Mapping[str, state_optimal.StateLaw], path: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = figures.subplots(figsize=(5.5, 4))
     for i, family in enumerate(dict.fromkeys(str(r["family"]) for r in rows)):
         color = f"C{i}"
         pts = [r for r in rows if str(r["family"]) == family and not r["diverged"]
@@ -212,12 +201,10 @@ def plot_state(rows, laws: Mapping[str, state_optimal.StateLaw], path: str) -> N
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_correlation(result: Mapping, path: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    fig, ax = figures.subplots(figsize=(4.8, 3.8))
     ax.scatter(result["mad_scores"], result["perplexity"])
     for f, x, y in zip(result["families"], result["mad_scores"], result["perplexity"]):
         ax.annotate(f, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
@@ -227,7 +214,6 @@ def plot_correlation(result: Mapping, path: str) -> None:
                  f"Spearman rho={result['spearman']['rho']:.2f}")
     ax.grid(alpha=0.3)
     _save(fig, path)
-    plt.close(fig)
 
 
 def _fmt(x, spec=".3g") -> str:

@@ -36,6 +36,7 @@ def mean_cross_entropy(stats: TokenStats) -> jax.Array:
 
 
 def accuracy(stats: TokenStats) -> jax.Array:
+    """Fraction of scored positions whose argmax is the target (0 when none are scored)."""
     return stats.correct / jnp.maximum(stats.count, 1.0)
 
 

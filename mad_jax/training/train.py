@@ -43,6 +43,7 @@ def run_name(learning_rate: float, weight_decay: float) -> str:
 
 
 def count_params(params) -> int:
+    """Number of scalars in a parameter pytree (boxed or plain)."""
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
@@ -235,7 +236,9 @@ def compile_grid_programs(model, tx, gstate: GridState, batch_spec, test_batches
 
     shapes = jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype)),
                                     (batch_spec, test_batches))
-    key = (model, tx_key, min_learning_rate, vmapped, gstate.size,
+    from mad_jax.layers.registry import registry_generation
+
+    key = (registry_generation(), model, tx_key, min_learning_rate, vmapped, gstate.size,
            jax.tree_util.tree_structure(gstate), str(jax.tree_util.tree_leaves(shapes)),
            None if part is None else (part.mesh, part.rules))
     return _compiled(key, build)
