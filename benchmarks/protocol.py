@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -25,15 +26,16 @@ from mad_jax.training.train import compile_grid_programs, _pad_test_set
 
 
 def _time_steps(step, states, batches, n_steps):
-    """(wall s, process CPU s) for n_steps grid steps; `step(states, batch) -> states` advances
-    every run once. CPU seconds (all threads) are what a shared, loaded machine cannot distort."""
+    """(wall s, process CPU s, states) for n_steps grid steps; `step(states, batch) -> states`
+    advances every run once (the states are donated, so the new ones come back). CPU seconds (all
+    threads) are what a shared, loaded machine cannot distort."""
     states = step(states, batches[0])  # warm-up (first execution allocates)
     jax.block_until_ready(states)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n_steps):
         states = step(states, batches[(i + 1) % len(batches)])
     jax.block_until_ready(states)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, states
 
 
 def main() -> None:
@@ -42,7 +44,9 @@ def main() -> None:
     p.add_argument("--task", default="in-context-recall")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10, help="timed grid steps per mode")
+    p.add_argument("--steps", type=int, default=10, help="timed grid steps per mode and repeat")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timings per mode, the modes taking turns; the table shows medians")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
 
@@ -68,27 +72,36 @@ def main() -> None:
     t0 = time.perf_counter()
     train_c, _ = compile_grid_programs(model, tx, state, batch_spec, test, vmapped=True,
                                        min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
-    compile_s = time.perf_counter() - t0
-    wall, cpu = _time_steps(lambda s, b: train_c(s, b)[0], state, batches, args.steps)
-    rows.append(("vmapped (1 program, 6 runs)", compile_s, args.steps / wall, cpu / args.steps))
+    vmapped_compile_s = time.perf_counter() - t0
 
     # sequential: six single-run states, the same single-run program called six times per step.
     states = [training.init_grid_state(params, tx, [g], total_steps=1000, rng=rng) for g in grid]
     t0 = time.perf_counter()
     single_c, _ = compile_grid_programs(model, tx, states[0], batch_spec, test, vmapped=False,
                                         min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
-    compile_s = time.perf_counter() - t0
-    wall, cpu = _time_steps(lambda ss, b: [single_c(s, b)[0] for s in ss], states, batches,
-                            args.steps)
-    rows.append(("sequential (6 runs one after another)", compile_s, args.steps / wall,
-                 cpu / args.steps))
+    sequential_compile_s = time.perf_counter() - t0
+
+    timings = {"vmapped": [], "sequential": []}
+    for _ in range(args.repeats):  # the two modes take turns, so load changes hit both alike
+        wall, cpu, state = _time_steps(lambda s, b: train_c(s, b)[0], state, batches, args.steps)
+        timings["vmapped"].append((wall, cpu))
+        wall, cpu, states = _time_steps(lambda ss, b: [single_c(s, b)[0] for s in ss], states,
+                                        batches, args.steps)
+        timings["sequential"].append((wall, cpu))
+    for name, key, compile_s in (("vmapped (1 program, 6 runs)", "vmapped", vmapped_compile_s),
+                                 ("sequential (6 runs one after another)", "sequential",
+                                  sequential_compile_s)):
+        wall = statistics.median(w for w, _ in timings[key])
+        cpu = statistics.median(c for _, c in timings[key])
+        rows.append((name, compile_s, args.steps / wall, cpu / args.steps))
 
     base = rows[1][2]
     n_params = training.count_params(params)
     header = (f"grid of {len(grid)} (lr, wd) runs; {args.layers!r} dim {args.dim} "
               f"({n_params:,} params); {args.task} L={inputs.shape[1]}, batch {args.batch_size}; "
               f"{jax.devices()[0].platform} {jax.devices()[0].device_kind} x{jax.device_count()}, "
-              f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}")
+              f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}; medians of "
+              f"{args.repeats} x {args.steps} steps")
     lines = [header, "", "| mode | compile s | grid steps/s | run steps/s | speed-up | "
              "CPU s per grid step | speed-up in CPU s |", "|---|---|---|---|---|---|---|"]
     for name, c, sps, cpu in rows:
@@ -100,6 +113,7 @@ def main() -> None:
               "device": str(jax.devices()[0]), "load_avg": os.getloadavg(),
               "rows": [{"mode": n, "compile_s": c, "grid_steps_per_s": s, "cpu_s_per_grid_step": u}
                        for n, c, s, u in rows],
+              "timings_wall_cpu_s": timings,
               "table": "\n".join(lines)}
     path = os.path.join(args.out, f"protocol-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
