@@ -6,8 +6,6 @@ This file is also the worker: `python tests/test_protocol_multihost.py <process_
 """
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -45,29 +43,11 @@ def worker(process_id: int, port: int, out_dir: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
 
 def test_two_process_protocol_writes_once_and_matches_one_process(tmp_path):
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-                   [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:  # a failed worker leaves the other waiting for it: stop both
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    from two_processes import run_two_processes
+
+    run_two_processes(__file__, tmp_path)
 
     per_process = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
     assert per_process[0] == per_process[1]  # every process computed the same results

@@ -11,8 +11,6 @@ This file is also the worker: `python tests/test_sharding_multihost.py <process_
 """
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -88,33 +86,15 @@ def worker(process_id: int, port: int, out_dir: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_train_like_one_and_share_a_sharded_checkpoint(tmp_path):
     import jax
 
     from mad_jax import sharding
 
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-                   [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:  # a failed worker leaves the other waiting for it: stop both
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    from two_processes import run_two_processes
+
+    run_two_processes(__file__, tmp_path)
     got = json.loads((tmp_path / "losses.json").read_text())
     assert got["shard"][1] == 2  # each process built half of every batch
 
