@@ -57,10 +57,8 @@ def _setup(layers, dim, vocab, seq_len, layer_configs, dtype=jnp.float32):
     tx = training.make_optimizer()
     sample = jnp.zeros((1, seq_len), jnp.int32)
 
-    def create(rng):
-        params = sharding.unbox(model.init(rng, sample)["params"])
-        return training.init_train_state(params, tx, learning_rate=1e-3, weight_decay=0.1,
-                                         total_steps=1000, rng=jax.random.key_data(rng))
+    create = training.make_create_state(model, tx, sample, learning_rate=1e-3, weight_decay=0.1,
+                                        total_steps=1000)
 
     def create_grid(rng):
         params = sharding.unbox(model.init(rng, sample)["params"])

@@ -25,7 +25,6 @@ def _data():
 
 
 def _model_and_state_fns():
-    import jax
     import jax.numpy as jnp
 
     import mad_jax
@@ -35,10 +34,8 @@ def _model_and_state_fns():
     tx = training.make_optimizer()
     sample = jnp.zeros((1, LENGTH), jnp.int32)
 
-    def create(rng):
-        params = sharding.unbox(model.init(rng, sample)["params"])
-        return training.init_train_state(params, tx, learning_rate=1e-3, weight_decay=0.1,
-                                         total_steps=100, rng=jax.random.key_data(rng))
+    create = training.make_create_state(model, tx, sample, learning_rate=1e-3, weight_decay=0.1,
+                                        total_steps=100)
 
     return model, tx, create, sharding.param_specs(model, sample)
 

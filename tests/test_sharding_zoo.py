@@ -25,10 +25,8 @@ def _losses(layer: str, mesh: str) -> np.ndarray:
     tx = training.make_optimizer()
     sample = jnp.zeros((1, LENGTH), jnp.int32)
 
-    def create(rng):
-        params = sharding.unbox(model.init(rng, sample)["params"])
-        return training.init_train_state(params, tx, learning_rate=1e-3, weight_decay=0.1,
-                                         total_steps=100, rng=jax.random.key_data(rng))
+    create = training.make_create_state(model, tx, sample, learning_rate=1e-3, weight_decay=0.1,
+                                        total_steps=100)
 
     size = int(np.prod(list(sharding.parse_mesh(mesh).values())))
     part = sharding.Partitioner.create(mesh, devices=jax.devices()[:size])

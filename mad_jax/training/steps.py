@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from flax.core import meta
 
 from mad_jax.training import losses
 from mad_jax.training.optimizer import cosine_learning_rate, set_hyperparams
@@ -64,6 +65,19 @@ def _forward(model: nn.Module, params, inputs_BxL, rng=None):
     logits_BxLxV, collections = model.apply({"params": params}, inputs_BxL, mutable=["losses"],
                                             rngs=rngs)
     return logits_BxLxV, losses.sum_aux_losses(collections)
+
+
+def make_create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inputs_BxL, *,
+                      learning_rate, weight_decay, total_steps) -> Callable:
+    """`create(rng) -> TrainState`: fresh unboxed parameters from `model.init(rng, sample)` and a
+    state at step 0. Pure, so `jax.eval_shape` and a sharded `jax.jit` can build the state
+    (`mad_jax.sharding.Partitioner.init`) without materialising it unsharded."""
+    def create(rng: jax.Array) -> TrainState:
+        params = meta.unbox(model.init(rng, sample_inputs_BxL)["params"])
+        return init_train_state(params, tx, learning_rate=learning_rate,
+                                weight_decay=weight_decay, total_steps=total_steps,
+                                rng=jax.random.key_data(rng))
+    return create
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
