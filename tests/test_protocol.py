@@ -108,6 +108,52 @@ def test_presets():
         protocol.get_preset("fast")
 
 
+def test_scores_select_on_validation_metric_micro_and_seed_intervals():
+    def row(setting, lr, seed, test, val, micro):
+        return {"arch": "a", "task": "A", "setting": setting, "learning_rate": lr,
+                "weight_decay": 0.0, "seed": seed, "status": "ok", "final_test_acc": test,
+                "final_val_acc": val, "final_test_acc_micro": micro,
+                "final_val_acc_micro": val, "select_on": "validation"}
+    rows = [row("baseline", 1e-4, 0, test=0.9, val=0.2, micro=0.95),
+            row("baseline", 1e-3, 0, test=0.5, val=0.8, micro=0.6),
+            row("baseline", 1e-4, 1, test=0.7, val=0.9, micro=0.75),
+            row("baseline", 1e-3, 1, test=0.6, val=0.1, micro=0.65)]
+    # On validation: seed 0 picks lr 1e-3 (test 0.5), seed 1 picks 1e-4 (test 0.7): mean 0.6.
+    assert protocol.scores(rows)["A"] == pytest.approx(0.6)
+    # On test (the reference's selection): 0.9 and 0.7.
+    assert protocol.scores(rows, select_on="test")["A"] == pytest.approx(0.8)
+    assert protocol.scores(rows, select_on="test",
+                           metric="final_test_acc_micro")["A"] == pytest.approx(0.85)
+    per_setting = protocol.setting_scores(rows)
+    assert list(per_setting["learning_rate"]) == [1e-3, 1e-4]
+    iv = protocol.score_intervals(rows).set_index("task")
+    # Two seeds (0.5, 0.7): mean 0.6, half-width t(1) * sd / sqrt(2) = 12.706 * 0.1414 / 1.414.
+    assert iv.loc["A", "seeds"] == 2 and iv.loc["A", "score"] == pytest.approx(0.6)
+    assert iv.loc["A", "high"] - 0.6 == pytest.approx(12.706 * 0.1, rel=1e-3)
+    assert iv.loc["mean", "score"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="unknown metric"):
+        protocol.scores(rows, metric="accuracy")
+    with pytest.raises(ValueError, match="no 'final_val_acc' column"):
+        protocol.scores(HAND, select_on="validation")
+
+
+def test_protocol_seeds_train_together_and_resume_adds_seeds(tmp_path):
+    out = tmp_path / "seeds"
+    results = run_tiny(out, seeds=2)
+    assert sorted(zip(results["learning_rate"], results["seed"])) == [
+        (1e-3, 0), (1e-3, 1), (5e-3, 0), (5e-3, 1)]
+    assert set(results["grid_size"]) == {4}  # one program: 2 (lr, wd) x 2 seeds
+    assert (out / "runs" / TASK / "baseline" / "lr=0.001,wd=0,seed=1" / "metrics.jsonl").exists()
+    iv = protocol.score_intervals(results).set_index("task")
+    assert iv.loc[TASK, "seeds"] == 2 and iv.loc[TASK, "low"] <= iv.loc[TASK, "high"]
+    messages = []
+    again = run_tiny(out, seeds=3, log=messages.append)  # only seed 2 is trained
+    assert len(again) == 6 and set(again["seed"]) == {0, 1, 2}
+    assert set(again[again["seed"] == 2]["grid_size"]) == {2}
+    with pytest.raises(protocol.ProtocolError, match="seeds must be a positive integer"):
+        run_tiny(tmp_path / "bad", seeds=0)
+
+
 # --- end to end ---
 
 def test_smoke_protocol_end_to_end(smoke_run):
@@ -132,8 +178,9 @@ def test_smoke_protocol_end_to_end(smoke_run):
 def test_train_one_setting_matches_the_protocol(smoke_run):
     _, results, _ = smoke_run
     setting = tasks.settings(TASK)[0]
-    res = training.train(tiny_model_fn, {"task": TASK, **setting}, dict(TINY, grid=GRID),
-                         log=lambda s: None)
+    # The smoke preset decays per step (TrainConfig's default is the reference's per epoch).
+    res = training.train(tiny_model_fn, {"task": TASK, **setting},
+                         dict(TINY, grid=GRID, schedule="per-step"), log=lambda s: None)
     assert [r["final_test_acc"] for r in res["runs"]] == list(results["final_test_acc"])
     assert res["final_test_acc"] == max(results["final_test_acc"])
     with pytest.raises(ValueError, match="unknown task"):

@@ -11,8 +11,8 @@ import pytest
 
 from mad_jax import training
 from mad_jax.training import TrainConfig, to_steps
-from mad_jax.training.losses import sum_aux_losses, token_stats
-from mad_jax.training.optimizer import cosine_learning_rate, decay_mask
+from mad_jax.training.losses import class_stats, macro_accuracy, sum_aux_losses, token_stats
+from mad_jax.training.optimizer import cosine_learning_rate, make_optimizer, set_hyperparams
 
 VOCAB, LENGTH, DIM = 16, 16, 32
 
@@ -105,16 +105,29 @@ def test_train_config_budget_families_and_unknown_keys():
         TrainConfig.from_any({"lerning_rate": 1e-3})
 
 
-def test_cosine_schedule_and_decay_mask():
+def test_cosine_schedule_per_step_and_per_epoch():
     peak = jnp.float32(1e-3)
     assert float(cosine_learning_rate(0, 100, peak)) == pytest.approx(1e-3)
     assert float(cosine_learning_rate(50, 100, peak)) == pytest.approx((1e-3 + 1e-6) / 2)
     assert float(cosine_learning_rate(100, 100, peak)) == pytest.approx(1e-6)
+    # Per epoch (10 steps each, 4 epochs): torch's CosineAnnealingLR(T_max=4) stepped per epoch.
+    torch_rates = [1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    ours = [float(cosine_learning_rate(s, 40, peak, decay_every_steps=10)) for s in range(40)]
+    np.testing.assert_allclose(ours, np.repeat(torch_rates, 10), rtol=1e-6)
+
+
+def test_weight_decay_applies_to_every_parameter():
+    """The reference decays all parameters (torch AdamW over model.parameters())."""
     params = training.init_params(MODEL, jax.random.key(0), jnp.asarray(TRAIN[0][:1]))
-    mask = decay_mask(params)
-    assert mask["Dense_0"]["kernel"] and mask["Embed_0"]["embedding"]
-    assert not mask["Dense_0"]["bias"] and not mask["final_norm"]["scale"]
-    assert not mask["LayerNorm_0"]["scale"]
+    tx = make_optimizer()
+    state = set_hyperparams(tx.init(params), learning_rate=jnp.float32(0.1),
+                            weight_decay=jnp.float32(0.5))
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, state, params)
+    # With zero gradients the update is pure decoupled decay: -lr * wd * p, for every leaf.
+    for update, param in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(update, -0.05 * param, rtol=1e-6, atol=1e-12)
+    assert float(params["final_norm"]["scale"][0]) == 1.0  # norms and biases are decayed too
 
 
 # --- losses ---
@@ -128,6 +141,46 @@ def test_token_stats_by_hand():
     assert float(sum_aux_losses({"losses": {"a": {"aux_loss": (jnp.float32(0.5),)},
                                             "b": {"aux_loss": (jnp.float32(0.25),)}}})) == 0.75
     assert float(sum_aux_losses({})) == 0.0
+
+
+def test_macro_accuracy_by_hand():
+    """Macro accuracy as torchmetrics' MulticlassAccuracy(average="macro", ignore_index=-100)."""
+    # 5 classes. Targets: class 0 x3, class 1 x2, class 2 x1; class 3 only predicted; class 4
+    # neither (left out). One ignored position whose (wrong) prediction must not count.
+    targets = jnp.array([[0, 0, 0, 1, 1, 2, -100]])
+    preds = jnp.array([[0, 0, 3, 1, 0, 2, 4]])
+    logits = jax.nn.one_hot(preds, 5)
+    stats = class_stats(logits, targets)
+    np.testing.assert_array_equal(stats.hits, [2, 1, 1, 0, 0])
+    np.testing.assert_array_equal(stats.targets, [3, 2, 1, 0, 0])
+    np.testing.assert_array_equal(stats.predictions, [3, 1, 1, 1, 0])
+    # Recall per present class: 0: 2/3, 1: 1/2, 2: 1/1, 3: 0 (predicted only); class 4 absent.
+    expected = (2 / 3 + 1 / 2 + 1 + 0) / 4
+    assert float(macro_accuracy(*stats)) == pytest.approx(expected, rel=1e-6)
+    assert float(macro_accuracy(*(np.asarray(x) for x in stats))) == pytest.approx(expected)
+    # Micro accuracy over the same positions is different: 4 of 6.
+    assert float(token_stats(logits, targets).correct) == 4
+
+
+def test_macro_accuracy_matches_recall_arithmetic_on_random_data():
+    """sklearn's recall_score(average="macro", labels=present) written out, on random batches
+    accumulated across two calls (the metric is global over the test set, not per batch)."""
+    rng = np.random.default_rng(0)
+    v = 7
+    targets = rng.integers(0, v - 1, size=(2, 4, 9))          # class 6 never a target
+    targets[rng.random(targets.shape) < 0.3] = -100
+    logits = rng.normal(size=(2, 4, 9, v)).astype(np.float32)
+    total = None
+    for b in range(2):
+        stats = class_stats(jnp.asarray(logits[b]), jnp.asarray(targets[b]))
+        total = stats if total is None else type(stats)(*(a + c for a, c in zip(total, stats)))
+    y_true = targets.ravel()
+    y_pred = logits.argmax(-1).ravel()[y_true != -100]
+    y_true = y_true[y_true != -100]
+    labels = sorted(set(y_true) | set(y_pred))
+    recalls = [np.mean(y_pred[y_true == c] == c) if np.any(y_true == c) else 0.0 for c in labels]
+    assert float(macro_accuracy(*total)) == pytest.approx(np.mean(recalls), rel=1e-6)
+    assert float(macro_accuracy(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3))) == 0.0
 
 
 def test_train_step_adds_sown_aux_loss():
@@ -182,6 +235,71 @@ def test_stop_accuracy_freezes_run():
     for res in fit({"grid": training.DEFAULT_GRID, "stop_accuracy": 0.0, "train_steps": 12}):
         assert res["steps"] == 4 and len(res["eval_curve"]) == 1  # first evaluation: step 4
         assert res["final_test_acc"] == res["eval_curve"][0][1]
+
+
+# --- the seed axis, the schedule, precision, held-out selection ---
+
+def test_seed_axis_trains_each_seed_as_if_alone():
+    """Seeds train in the same program as the (lr, wd) grid; each seed's run equals that seed
+    trained alone (same data order: the config's seed)."""
+    base = {"grid": ((1e-3, 0.1), (5e-4, 0.0)), "train_steps": 6}
+    together = fit(dict(base, seeds=(0, 1, 2)))
+    assert [(r["learning_rate"], r["seed"]) for r in together] == [
+        (1e-3, 0), (1e-3, 1), (1e-3, 2), (5e-4, 0), (5e-4, 1), (5e-4, 2)]
+    assert together[0]["run"] == "lr=0.001,wd=0.1,seed=0"
+    for seed in (1, 2):
+        alone = fit(dict(base, seeds=(seed,)))
+        for r_alone, r_together in zip(alone, [r for r in together if r["seed"] == seed]):
+            np.testing.assert_allclose(np.array(r_alone["loss_curve"]),
+                                       np.array(r_together["loss_curve"]), rtol=1e-5, atol=1e-6)
+    # Seeds start from different parameters, so their curves differ.
+    assert together[0]["loss_curve"][0] != together[1]["loss_curve"][0]
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        TrainConfig.from_any({"seeds": (1, 1)})
+
+
+def test_per_epoch_schedule_holds_the_rate_for_an_epoch(tmp_path):
+    """16 steps of 8 per epoch: torch's CosineAnnealingLR(T_max=2) stepped per epoch."""
+    out = str(tmp_path / "run")
+    fit({"grid": ((1e-3, 0.0),), "train_steps": 16, "schedule": "per-epoch",
+         "checkpoint_every_steps": None}, out_dir=out)
+    records = training.read_metrics(os.path.join(out, "lr=0.001,wd=0", "metrics.jsonl"))
+    rates = [r["train/learning_rate"] for r in records if "train/learning_rate" in r]
+    epoch_rates = [1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + np.cos(np.pi * e / 2)) for e in range(2)]
+    np.testing.assert_allclose(rates, np.repeat(epoch_rates, 8), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        TrainConfig.from_any({"schedule": "cosine"})
+
+
+def test_bfloat16_precision_trains_with_float32_parameters():
+    from mad_jax.training.precision import compute_model
+
+    runs = fit({"grid": ((1e-3, 0.0),), "train_steps": 6, "precision": "bfloat16"})
+    f32 = fit({"grid": ((1e-3, 0.0),), "train_steps": 6})
+    loss_bf16, loss_f32 = np.array(runs[0]["loss_curve"]), np.array(f32[0]["loss_curve"])
+    assert np.isfinite(loss_bf16).all()
+    # bf16 keeps 8 mantissa bits: the curves agree to ~1e-2, and are not identical.
+    np.testing.assert_allclose(loss_bf16[:, 1], loss_f32[:, 1], rtol=3e-2)
+    assert not np.array_equal(loss_bf16, loss_f32)
+    # A model with a dtype field is cloned with bf16 compute; one without gets bf16 params.
+    from mad_jax import models
+    lm = models.build(["swiglu"], vocab_size=VOCAB, max_length=LENGTH, dim=DIM)
+    cloned, cast = compute_model(lm, "bfloat16")
+    assert cloned.dtype == jnp.bfloat16 and cloned.param_dtype == jnp.float32 and cast is None
+    assert compute_model(MODEL, "bfloat16") == (MODEL, jnp.bfloat16)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        TrainConfig.from_any({"precision": "fp16"})
+
+
+def test_select_on_validation_stops_on_the_held_out_split():
+    val = copy_data(40, 2)
+    runs = fit({"grid": ((1e-3, 0.0),), "select_on": "validation", "stop_accuracy": 0.0},
+               validation_data=val)
+    r = runs[0]
+    assert r["steps"] == 4 and len(r["val_curve"]) == 1 and len(r["eval_curve"]) == 1
+    assert r["final_val_acc"] == r["val_curve"][0][1] and np.isfinite(r["final_val_acc_micro"])
+    with pytest.raises(ValueError, match="select_on='validation' needs validation_data"):
+        fit({"select_on": "validation"})
 
 
 # --- checkpoints, resume, metrics files ---

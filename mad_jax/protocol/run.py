@@ -30,7 +30,7 @@ from mad_jax.protocol.progress import Progress, format_duration
 from mad_jax.training.config import TrainConfig, to_steps
 from mad_jax.training.hparam_grid import DEFAULT_GRID
 from mad_jax.training.io import atomic_write_json
-from mad_jax.training.train import fit, load_task_data
+from mad_jax.training.train import fit, load_task_data, model_max_length
 
 PROTOCOL_FILE = "protocol.json"
 
@@ -115,7 +115,8 @@ def _writes() -> bool:
 
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
-        arch: str | None = None, seed: int = 0, train_overrides: Mapping[str, Any] | None = None,
+        arch: str | None = None, seed: int = 0, seeds: int = 1,
+        train_overrides: Mapping[str, Any] | None = None,
         cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
@@ -127,7 +128,11 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     preset: "full" (the paper's protocol: 66 settings x 6 runs, 200 epochs), "quick" or "smoke"
       (see mad_jax.protocol.PRESETS); every row records its preset.
     arch: the name written in the `arch` column (default: model_fn's __name__).
-    train_overrides: TrainConfig fields that override the preset's (e.g. {"train_steps": 50}).
+    seed: the data seed and the first init seed. seeds: how many init seeds (seed, seed + 1, ...)
+      train every (lr, wd) run, in the same program; `scores` averages them and
+      `score_intervals` gives 95% intervals over them.
+    train_overrides: TrainConfig fields that override the preset's (e.g. {"train_steps": 50},
+      {"select_on": "validation"} to pick each setting's best run on a held-out split).
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     """
     preset = get_preset(preset)
@@ -136,12 +141,17 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     arch = arch or getattr(model_fn, "__name__", "model")
     out_dir = os.fspath(out_dir)
     check_writable(out_dir)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ProtocolError(f"seeds must be a positive integer, got {seeds!r}")
     cfg = train_config(preset, seed=seed, overrides=train_overrides)
+    if seeds > 1:
+        cfg = dataclasses.replace(cfg, seeds=tuple(range(seed, seed + seeds)))
     # What the results depend on; the devices (mesh) do not count: a sweep may resume elsewhere.
-    train_record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(cfg, grid=None)).items()
-                    if k not in ("mesh", "sharding_rules", "dcn_mesh")}
+    # Seeds may be added to a finished sweep: rows are keyed by seed.
+    train_record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(
+        cfg, grid=None, seeds=None)).items() if k not in ("mesh", "sharding_rules", "dcn_mesh")}
     _check_protocol_file(out_dir, {
-        "preset": preset.name, "seed": seed, "arch": arch,
+        "preset": preset.name, "seed": seed, "seeds": seeds, "arch": arch,
         "train": json.loads(json.dumps(train_record)),
         "grid": [list(g) for g in grid], "is_mad_score": preset.is_mad})
     results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
@@ -161,27 +171,32 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     preset_grid = tuple(preset.grid or DEFAULT_GRID)
     grid_note = "" if grid == preset_grid else f"; grid {[list(g) for g in grid]} given"
     log(f"MAD protocol, preset '{preset.name}' ({preset.description}{grid_note}); arch '{arch}'; "
-        f"{len(settings)} settings x {len(grid)} runs -> {out_dir}")
+        f"{len(settings)} settings x {len(grid)} runs"
+        f"{f' x {seeds} seeds' if seeds > 1 else ''} -> {out_dir}")
     t_start = time.time()
     for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):
-        todo = [g for g in grid
-                if results_table.key(arch, task, name, *g) not in done]
+        missing = [(g, s) for g in grid for s in cfg.run_seeds
+                   if results_table.key(arch, task, name, *g, s) not in done]
+        todo = list(dict.fromkeys(g for g, _ in missing))
+        todo_seeds = tuple(dict.fromkeys(s for _, s in missing))
         label = f"[{arch} {i + 1}/{len(settings)}] {task}/{name}"
         if not todo:
             meter.skip(setting_work)
             log(f"{label}: done, skipped")
             continue
-        rows = _run_setting(model_fn, task, setting, name, todo, cfg=cfg, arch=arch,
+        setting_cfg = (cfg if cfg.seeds is None
+                       else dataclasses.replace(cfg, seeds=todo_seeds))
+        rows = _run_setting(model_fn, task, setting, name, todo, cfg=setting_cfg, arch=arch,
                             preset=preset, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
                             meter=meter, label=label, setting_work=setting_work, log=log)
         results = results_table.upsert(results, rows)
         if _writes():
             results_table.write(results_path, results)
-        done |= {results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"])
-                 for r in rows}
+        done |= {results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"],
+                                   r["seed"]) for r in rows}
         ok = [r for r in rows if r["status"] == "ok"]
         best = max((r["final_test_acc"] for r in ok), default=float("nan"))
-        log(f"{label}: best final test acc {best:.3f} over {len(rows)} runs"
+        log(f"{label}: best final test acc (macro) {best:.3f} over {len(rows)} runs"
             f"{f', {len(rows) - len(ok)} failed' if len(ok) < len(rows) else ''} "
             f"({format_duration(rows[0].get('wall_time_s'))}; "
             f"elapsed {format_duration(time.time() - t_start)})")
@@ -195,16 +210,19 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
     run_dir = os.path.join(out_dir, "runs", task, name)
     key, value = tasks_lib.difficulty_variable(task, setting)
     common = {"arch": arch, "preset": preset.name, "task": task, "setting": name,
-              "difficulty_key": key, "difficulty_value": value, "seed": seed,
+              "difficulty_key": key, "difficulty_value": value, "select_on": cfg.select_on,
               "setting_params": dict(setting)}
-    train_data, test_data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
+    train_data, test_data, validation_data = load_task_data(task, setting, cfg,
+                                                            cache_dir=cache_dir)
     common.update(train_examples=len(train_data[0]), test_examples=len(test_data[0]))
     # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
-    model = model_fn(task, int(setting["vocab_size"]), int(train_data[0].shape[1]))
+    # max_length is the setting's seq_len, as the reference passes it.
+    model = model_fn(task, int(setting["vocab_size"]), model_max_length(setting, train_data[0]))
     meter.start_setting(label, float(train_data[0].shape[1]))
     try:
         runs = fit(model, train_data, test_data, dataclasses.replace(cfg, grid=tuple(grid)),
-                   out_dir=run_dir, on_log=meter, log=lambda s: log(f"{label}: {s}"))
+                   validation_data=validation_data, out_dir=run_dir, on_log=meter,
+                   log=lambda s: log(f"{label}: {s}"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a run that crashes is recorded as failed; the sweep goes on
@@ -215,8 +233,9 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
         message = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
         meter.end_setting(setting_work)
-        return [dict(common, learning_rate=lr, weight_decay=wd, status="failed", error=message,
-                     grid_size=len(grid)) for lr, wd in grid]
+        return [dict(common, learning_rate=lr, weight_decay=wd, seed=s, status="failed",
+                     error=message, grid_size=len(grid) * len(cfg.run_seeds))
+                for lr, wd in grid for s in cfg.run_seeds]
     meter.end_setting(setting_work)
     if _writes():
         atomic_write_json(os.path.join(run_dir, "result.json"),
@@ -225,7 +244,8 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
     rows = []
     for r in runs:
         rows.append(dict(common, **{k: r[k] for k in (
-            "learning_rate", "weight_decay", "status", "final_test_acc", "best_test_acc",
-            "best_step", "test_loss", "final_train_loss", "steps", "total_steps", "wall_time_s",
+            "learning_rate", "weight_decay", "seed", "status", "final_test_acc",
+            "final_test_acc_micro", "best_test_acc", "best_step", "test_loss", "final_val_acc",
+            "final_val_acc_micro", "final_train_loss", "steps", "total_steps", "wall_time_s",
             "compile_time_s", "params", "grid_size", "error")}))
     return rows

@@ -15,8 +15,11 @@ _UNITS = ("steps", "epochs", "examples")
 class TrainConfig:
     """Everything one training run (or one vmapped grid of runs) needs besides model and data.
 
-    Defaults are the MAD protocol (DESIGN.md): AdamW, cosine decay to 1e-6 over 200 epochs,
-    batch 128, evaluation every epoch, stop once test accuracy reaches 0.999 (as the reference).
+    Defaults are the MAD protocol (DESIGN.md) as the reference trains it: AdamW (weight decay on
+    every parameter), cosine decay to 1e-6 over 200 epochs stepped once per epoch, batch 128,
+    evaluation every epoch, stop once the (macro) test accuracy reaches 0.999. One exception:
+    precision defaults to float32, which every backend runs fast; the reference trains in bf16
+    autocast, and the `full` protocol preset does too (`precision="bfloat16"`).
     """
 
     learning_rate: float = 5e-4
@@ -44,6 +47,13 @@ class TrainConfig:
     data_seed: int = 0                          # the task's data (tasks.load)
     max_train_examples: int | None = None       # cap on the task's training set (smoke preset)
     max_test_examples: int | None = None
+    # Init seeds trained together with every (lr, wd) run (the seed axis; data and batch order
+    # stay those of `seed`); None: just `seed`.
+    seeds: tuple[int, ...] | None = None
+    precision: str = "float32"                  # "float32" | "bfloat16" (bf16 compute, f32 params)
+    schedule: str = "per-epoch"                 # "per-epoch" (the reference's staircase) | "per-step"
+    select_on: str = "test"                     # early stopping and model selection: "test" (the
+                                                # reference) | "validation" (a held-out split)
     vmap: bool = True                           # grid runs together (True) or one after another
     tensorboard: bool = True
     keep_checkpoints: bool = False              # delete a run's checkpoints once it has finished
@@ -80,7 +90,19 @@ class TrainConfig:
         base.update(given)
         if base["grid"] is not None:
             base["grid"] = tuple((float(lr), float(wd)) for lr, wd in base["grid"])
+        if base["seeds"] is not None:
+            base["seeds"] = tuple(int(s) for s in base["seeds"])
         return cls(**base)
+
+    def __post_init__(self):
+        for field, valid in (("precision", ("float32", "bfloat16")),
+                             ("schedule", ("per-epoch", "per-step")),
+                             ("select_on", ("test", "validation"))):
+            if getattr(self, field) not in valid:
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid: "
+                                 f"{', '.join(valid)}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}")
 
     @property
     def runs(self) -> tuple[tuple[float, float], ...]:
@@ -88,6 +110,16 @@ class TrainConfig:
         if self.grid is not None:
             return self.grid
         return ((float(self.learning_rate), float(self.weight_decay)),)
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        """The init seeds every (lr, wd) run is trained with."""
+        return self.seeds if self.seeds is not None else (int(self.seed),)
+
+    @property
+    def seeded_runs(self) -> tuple[tuple[float, float, int], ...]:
+        """(lr, wd, seed) of every run: `runs` x `run_seeds`, seeds innermost."""
+        return tuple((lr, wd, s) for lr, wd in self.runs for s in self.run_seeds)
 
 
 def to_steps(config: TrainConfig | Mapping[str, Any], budget: str, *,

@@ -1,7 +1,8 @@
 """The hyperparameter grid as one program: runs stacked along a leading axis, stepped by jax.vmap.
 
-All runs of a grid start from the same initial parameters and see the same batches in the same
-order, so the vmapped program computes exactly what the runs would compute one after another.
+The runs of a grid see the same batches in the same order; they start from the same initial
+parameters, or, with a seed axis, from one set of initial parameters per seed. The vmapped
+program computes exactly what the runs would compute one after another.
 A run stops (its state is frozen, the others go on) when its loss turns non-finite or when the
 training loop marks it inactive (test accuracy reached the stopping threshold).
 """
@@ -37,23 +38,32 @@ class GridState:
         return int(self.active.shape[0])
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_runs(tx, params, lrs, wds, total_steps, rng) -> TrainState:
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _init_runs(tx, params, lrs, wds, total_steps, rng, decay_every_steps, stacked) -> TrainState:
     # Jitted: every leaf gets its own buffer (the state is donated; no two leaves may share one).
-    return jax.vmap(lambda lr, wd: init_train_state(
-        params, tx, learning_rate=lr, weight_decay=wd, total_steps=total_steps, rng=rng))(lrs, wds)
+    def init(p, lr, wd, key):
+        return init_train_state(p, tx, learning_rate=lr, weight_decay=wd, total_steps=total_steps,
+                                rng=key, decay_every_steps=decay_every_steps)
+    axis = 0 if stacked else None
+    return jax.vmap(init, in_axes=(axis, 0, 0, axis))(params, lrs, wds, rng)
 
 
 def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tuple[float, float]],
-                    *, total_steps: int, rng: jax.Array) -> GridState:
-    """Stacks one fresh TrainState per (lr, wd) of `grid`, all from the same `params` and `rng`."""
-    lrs = jnp.asarray([lr for lr, _ in grid], jnp.float32)
-    wds = jnp.asarray([wd for _, wd in grid], jnp.float32)
+                    *, total_steps: int, rng: jax.Array, decay_every_steps: int = 1,
+                    stacked: bool = False) -> GridState:
+    """Stacks one fresh TrainState per (lr, wd) of `grid`.
+
+    params, rng: shared by every run, or (stacked=True) one per run along a leading axis of size
+    len(grid) (the seed axis: each seed's own initial parameters and dropout key).
+    decay_every_steps: 1 (per-step cosine) or the steps of one epoch (per-epoch staircase).
+    """
+    lrs = jnp.asarray([g[0] for g in grid], jnp.float32)
+    wds = jnp.asarray([g[1] for g in grid], jnp.float32)
+    args = (params, lrs, wds, jnp.int32(total_steps), rng, jnp.int32(decay_every_steps))
     try:
-        runs = _init_runs(tx, params, lrs, wds, jnp.int32(total_steps), rng)
+        runs = _init_runs(tx, *args, stacked)
     except TypeError:  # an optimizer that cannot be a static (hashable) argument
-        runs = jax.jit(_init_runs.__wrapped__, static_argnums=0)(tx, params, lrs, wds,
-                                                                  jnp.int32(total_steps), rng)
+        runs = jax.jit(_init_runs.__wrapped__, static_argnums=(0, 7))(tx, *args, stacked)
     r = len(grid)
     return GridState(runs=runs, active=jnp.ones((r,), bool),
                      stop_step=jnp.full((r,), -1, jnp.int32), nonfinite=jnp.zeros((r,), bool))

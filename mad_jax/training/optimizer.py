@@ -14,27 +14,18 @@ import optax
 
 
 def cosine_learning_rate(step: jax.Array, total_steps: jax.Array, peak: jax.Array,
-                         end: float = 1e-6) -> jax.Array:
-    """Cosine decay from `peak` at step 0 to `end` at `total_steps` (no warmup, as the reference).
+                         end: float = 1e-6, decay_every_steps: jax.Array | int = 1) -> jax.Array:
+    """Cosine decay from `peak` at step 0 towards `end` at `total_steps` (no warmup, as the reference).
 
-    The reference steps torch's CosineAnnealingLR once per epoch; we decay per step, the same curve
-    without the staircase.
+    The rate changes every `decay_every_steps` steps and is held in between: 1 decays per step; the
+    steps of one epoch give the reference's staircase (torch's `CosineAnnealingLR(T_max=epochs,
+    eta_min=1e-6)` stepped once per epoch: epoch e trains at the rate of `e / epochs`).
     """
+    every = jnp.maximum(jnp.asarray(decay_every_steps, jnp.int32), 1)
+    held = (jnp.asarray(step, jnp.int32) // every) * every
     total = jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
-    frac = jnp.clip(jnp.asarray(step, jnp.float32) / total, 0.0, 1.0)
+    frac = jnp.clip(held.astype(jnp.float32) / total, 0.0, 1.0)
     return end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-
-
-def decay_mask(params):
-    """Weight decay applies to matrices and embeddings, not to biases, norm scales or other vectors.
-
-    The reference excludes parameters named "bias" or "norm"; for Flax parameter trees "ndim >= 2
-    and no 'norm' in the path" picks the same set.
-    """
-    def keep(path, leaf):
-        names = [str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path]
-        return leaf.ndim >= 2 and not any("norm" in n for n in names)
-    return jax.tree_util.tree_map_with_path(keep, params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,11 +33,14 @@ def make_optimizer(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
                    ) -> optax.GradientTransformation:
     """AdamW whose learning_rate and weight_decay are injected hyperparameters (set every step).
 
+    Weight decay applies to every parameter, biases and norm scales included, as the reference's
+    `torch.optim.AdamW(model.parameters(), weight_decay=wd)` does (decoupled: `p -= lr * wd * p`).
+
     Cached: equal constants return the same transformation, so compiled programs that take it
     as a static argument are reused.
     """
-    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-        learning_rate=0.0, weight_decay=0.0, b1=b1, b2=b2, eps=eps, mask=decay_mask)
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, weight_decay=0.0, b1=b1, b2=b2, eps=eps)
 
 
 def set_hyperparams(opt_state, **values: jax.Array):

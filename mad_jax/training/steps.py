@@ -17,6 +17,7 @@ from flax.core import meta
 
 from mad_jax.training import losses
 from mad_jax.training.optimizer import cosine_learning_rate, set_hyperparams
+from mad_jax.training.precision import cast_params, compute_model
 
 
 @struct.dataclass
@@ -28,7 +29,8 @@ class TrainState:
     opt_state: Any         # optax.inject_hyperparams(adamw) state
     rng: jax.Array         # uint32[2] raw key data; step keys are fold_in(rng, step)
     hparams: dict          # {"learning_rate": peak, "weight_decay": wd, "total_steps": schedule
-                           # length}: arrays, so one compiled step serves any run and budget
+                           # length, "decay_every_steps": 1 (per step) or an epoch's steps}:
+                           # arrays, so one compiled step serves any run, budget and schedule
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -49,26 +51,31 @@ def init_params(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
 
 
 def init_train_state(params, tx: optax.GradientTransformation, *, learning_rate, weight_decay,
-                     total_steps, rng: jax.Array) -> TrainState:
-    """A fresh state at step 0 for one (learning rate, weight decay) and schedule length."""
+                     total_steps, rng: jax.Array, decay_every_steps=1) -> TrainState:
+    """A fresh state at step 0 for one (learning rate, weight decay) and schedule.
+
+    decay_every_steps: 1 decays the learning rate every step; an epoch's steps gives the
+    reference's per-epoch staircase (`optimizer.cosine_learning_rate`).
+    """
     hparams = {"learning_rate": jnp.asarray(learning_rate, jnp.float32),
                "weight_decay": jnp.asarray(weight_decay, jnp.float32),
-               "total_steps": jnp.asarray(total_steps, jnp.int32)}
+               "total_steps": jnp.asarray(total_steps, jnp.int32),
+               "decay_every_steps": jnp.asarray(decay_every_steps, jnp.int32)}
     opt_state = set_hyperparams(tx.init(params), learning_rate=hparams["learning_rate"],
                                 weight_decay=hparams["weight_decay"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       rng=rng, hparams=hparams)
 
 
-def _forward(model: nn.Module, params, inputs_BxL, rng=None):
+def _forward(model: nn.Module, params, inputs_BxL, rng=None, param_dtype=None):
     rngs = {"dropout": rng} if rng is not None else None
-    logits_BxLxV, collections = model.apply({"params": params}, inputs_BxL, mutable=["losses"],
-                                            rngs=rngs)
-    return logits_BxLxV, losses.sum_aux_losses(collections)
+    logits_BxLxV, collections = model.apply({"params": cast_params(params, param_dtype)},
+                                            inputs_BxL, mutable=["losses"], rngs=rngs)
+    return logits_BxLxV.astype(jnp.float32), losses.sum_aux_losses(collections)
 
 
 def make_create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inputs_BxL, *,
-                      learning_rate, weight_decay, total_steps) -> Callable:
+                      learning_rate, weight_decay, total_steps, decay_every_steps=1) -> Callable:
     """`create(rng) -> TrainState`: fresh unboxed parameters from `model.init(rng, sample)` and a
     state at step 0. Pure, so `jax.eval_shape` and a sharded `jax.jit` can build the state
     (`mad_jax.sharding.Partitioner.init`) without materialising it unsharded."""
@@ -76,28 +83,33 @@ def make_create_state(model: nn.Module, tx: optax.GradientTransformation, sample
         params = meta.unbox(model.init(rng, sample_inputs_BxL)["params"])
         return init_train_state(params, tx, learning_rate=learning_rate,
                                 weight_decay=weight_decay, total_steps=total_steps,
-                                rng=jax.random.key_data(rng))
+                                rng=jax.random.key_data(rng),
+                                decay_every_steps=decay_every_steps)
     return create
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    min_learning_rate: float = 1e-6) -> Callable:
+                    min_learning_rate: float = 1e-6, precision: str = "float32") -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)`, pure and un-jitted.
 
     Objective: mean cross-entropy over scored positions plus every auxiliary loss the model sows
     into the "losses" collection. The learning rate follows `cosine_learning_rate` from the state's
-    peak over the state's total_steps; metrics are scalars: loss, cross_entropy, aux_loss,
-    accuracy, grad_norm, learning_rate.
+    peak over the state's total_steps (held for decay_every_steps); metrics are scalars: loss,
+    cross_entropy, aux_loss, accuracy (micro), grad_norm, learning_rate.
+    precision: "float32" or "bfloat16" (bf16 compute, float32 parameters: `precision.py`).
     """
+    model, param_dtype = compute_model(model, precision)
+
     def loss_fn(params, batch, rng):
-        logits_BxLxV, aux_loss = _forward(model, params, batch["inputs"], rng)
+        logits_BxLxV, aux_loss = _forward(model, params, batch["inputs"], rng, param_dtype)
         stats = losses.token_stats(logits_BxLxV, batch["targets"])
         ce = losses.mean_cross_entropy(stats)
         return ce + aux_loss, (ce, aux_loss, losses.accuracy(stats))
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         lr = cosine_learning_rate(state.step, state.hparams["total_steps"],
-                                  state.hparams["learning_rate"], min_learning_rate)
+                                  state.hparams["learning_rate"], min_learning_rate,
+                                  state.hparams["decay_every_steps"])
         opt_state = set_hyperparams(state.opt_state, learning_rate=lr,
                                     weight_decay=state.hparams["weight_decay"])
         step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -113,10 +125,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable:
-    """Returns `eval_step(state, batch) -> metrics`: summed loss_sum, correct and count."""
+def make_eval_step(model: nn.Module, *, precision: str = "float32") -> Callable:
+    """Returns `eval_step(state, batch) -> metrics`, sums over the batch's scored positions:
+    loss_sum, correct, count (`losses.TokenStats`) and the per-class counts class_hits,
+    class_targets, class_predictions (float32[V], `losses.ClassStats`) for macro accuracy."""
+    model, param_dtype = compute_model(model, precision)
+
     def eval_step(state: TrainState, batch) -> dict:
-        logits_BxLxV, _ = _forward(model, state.params, batch["inputs"])
-        return losses.token_stats(logits_BxLxV, batch["targets"])._asdict()
+        logits_BxLxV, _ = _forward(model, state.params, batch["inputs"], None, param_dtype)
+        classes = losses.class_stats(logits_BxLxV, batch["targets"])
+        return dict(losses.token_stats(logits_BxLxV, batch["targets"])._asdict(),
+                    class_hits=classes.hits, class_targets=classes.targets,
+                    class_predictions=classes.predictions)
 
     return eval_step
