@@ -63,6 +63,13 @@ def architectures(config) -> dict[str, str]:
     """{arch name: layer string} from a config with `architectures` or `layers` (+ `name`)."""
     if "architectures" in config:
         archs = {str(k): str(v) for k, v in config.architectures.items()}
+        chosen = [a.strip() for a in (config.get("archs") or "").split(",") if a.strip()]
+        unknown = [a for a in chosen if a not in archs]
+        if unknown:
+            raise SweepError(f"unknown architecture(s) {', '.join(map(repr, unknown))} in archs; "
+                             f"valid: {', '.join(archs)}")
+        if chosen:
+            archs = {a: archs[a] for a in dict.fromkeys(chosen)}
     else:
         archs = {config.get("name") or arch_slug(config.layers): config.layers}
     if not archs:
@@ -129,8 +136,11 @@ def validate(config) -> dict:
                 models.build(layers, vocab_size=16, max_length=8, dim=config.dim, norm=config.norm)
             except ValueError as e:
                 raise SweepError(f"architecture {name!r}: {e}") from None
+        seeds = config.get("seeds", 1)
+        if not isinstance(seeds, int) or seeds < 1:
+            raise SweepError(f"seeds must be a positive integer, got {seeds!r}")
         overrides = {k: v for k, v in config.train.items() if v is not None}
-        overrides.update(check_mesh(config, len(grid or preset.grid or DEFAULT_GRID)))
+        overrides.update(check_mesh(config, len(grid or preset.grid or DEFAULT_GRID) * seeds))
         protocol.train_config(preset, seed=config.seed, overrides=overrides)
         TrainConfig.from_any(overrides)
     except (ValueError, KeyError) as e:
@@ -166,7 +176,8 @@ def sweep(config) -> "pandas.DataFrame":
         model_fn = make_model_fn(layers, dim=config.dim, norm=config.norm)
         tables.append(protocol.run(
             model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
-            arch=name, seed=config.seed, train_overrides=plan["overrides"], cache_dir=cache_dir,
+            arch=name, seed=config.seed, seeds=config.get("seeds", 1),
+            train_overrides=plan["overrides"], cache_dir=cache_dir,
             progress_every_s=config.progress_every_s, log=_log))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
     if not sharding.is_main_process():  # process 0 writes and reports for the whole job
@@ -175,8 +186,21 @@ def sweep(config) -> "pandas.DataFrame":
     # The score table comes first in what the user reads at the end.
     print("\n" + protocol.preset_notice(results))
     print(protocol.format_score_table(results) + "\n", flush=True)
+    intervals = protocol.score_intervals(results)
+    if len(intervals) and intervals["seeds"].max() > 1:
+        print("Mean over seeds [95% interval]:")
+        for row in intervals.itertuples(index=False):
+            print(f"  {row.arch} {row.task}: {row.score:.3f} [{row.low:.3f}, {row.high:.3f}] "
+                  f"({row.seeds} seeds)")
+        print(flush=True)
+    paper_keys = dict(config.paper_keys) if "paper_keys" in config else None
+    if paper_keys is not None:
+        from mad_jax.protocol import paper
+        print("Beside the MAD paper (accuracy x 100):")
+        print(paper.format_comparison(paper.compare(results, paper_keys=paper_keys)) + "\n",
+              flush=True)
     if config.report:
-        paths = protocol.write_report(workdir, results)
+        paths = protocol.write_report(workdir, results, paper_keys=paper_keys)
         print(f"report: {paths['md']} (and {os.path.basename(paths['html'])}, plots/)")
     failed = int((results["status"] != "ok").sum())
     print(f"{len(results)} runs ({failed} failed) in {(time.time() - t0) / 60:.1f} min; "

@@ -20,7 +20,8 @@ def base_config() -> config_dict.ConfigDict:
     c.preset = "full"             # full (the MAD protocol) | quick | smoke
     c.workdir = "workdir/mad"
     c.tasks = ""                  # comma-separated task names; "" = all six
-    c.seed = 0
+    c.seed = 0                    # data seed and first init seed
+    c.seeds = 1                   # init seeds per (lr, wd) run, trained in the same program
     c.grid = ""                   # "lr:wd,lr:wd,..."; "" = the protocol's 3 x 2 grid
     c.dim = 128
     c.norm = "layernorm"          # layernorm | rmsnorm
@@ -47,6 +48,9 @@ def base_config() -> config_dict.ConfigDict:
         "log_every_steps": config_dict.placeholder(int),
         "stop_accuracy": config_dict.placeholder(float),
         "vmap": config_dict.placeholder(bool),
+        "precision": config_dict.placeholder(str),    # float32 | bfloat16
+        "schedule": config_dict.placeholder(str),     # per-epoch | per-step
+        "select_on": config_dict.placeholder(str),    # test (the reference) | validation
     })
     return c
 
@@ -60,8 +64,26 @@ def apply_arg(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigD
         key, value = item.split("=", 1)
         if key not in c:
             raise ValueError(f"unknown config field {key!r} in config argument {arg!r}")
-        c[key] = type(c[key])(value) if c[key] is not None else value
+        c[key] = _parse_value(key, value, c[key])
     return c
+
+
+def _parse_value(key: str, text: str, current):
+    """`text` as the type of the field's current value (bools: true/false, 1/0, yes/no)."""
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config field {key!r} takes true or false, got {text!r}")
+    if current is None or isinstance(current, str):
+        return text
+    try:
+        return type(current)(text)
+    except ValueError:
+        raise ValueError(f"config field {key!r} takes a {type(current).__name__}, "
+                         f"got {text!r}") from None
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,8 @@ import pandas as pd
 from mad_jax import figures
 from mad_jax.protocol import results_table
 from mad_jax.protocol.presets import PRESETS
-from mad_jax.protocol.scores import score_table, setting_scores
+from mad_jax.protocol import paper as paper_lib
+from mad_jax.protocol.scores import score_intervals, score_table, setting_scores
 from mad_jax.training.io import atomic_write_text
 
 
@@ -122,10 +123,13 @@ def plot_difficulty(results: pd.DataFrame, task: str, path: str, *,
 
 
 def write_report(workdir: str, results: pd.DataFrame | None = None, *,
-                 metric: str = "final_test_acc", title: str = "MAD sweep") -> dict[str, str]:
+                 metric: str = "final_test_acc", title: str = "MAD sweep",
+                 paper_keys: Mapping[str, str] | None = None) -> dict[str, str]:
     """Writes report.md, report.html and plots/*.png into `workdir`; returns their paths.
 
     results: the combined results table (default: workdir/results.csv).
+    paper_keys: our arch name -> row of the MAD paper's table (`protocol.paper`); if given, the
+      report puts every score beside the paper's, with the rank correlation of the means.
     """
     if results is None:
         results = results_table.read(os.path.join(workdir, results_table.RESULTS_FILE))
@@ -147,11 +151,29 @@ def write_report(workdir: str, results: pd.DataFrame | None = None, *,
     presets = presets_of(results)
     description = "; ".join(f"{p}: {PRESETS[p].description}" for p in presets if p in PRESETS)
 
+    select_on = str(per_setting["select_on"].iloc[0]) if len(per_setting) else "test"
+    selection = ("the test set, as the reference does" if select_on == "test"
+                 else "the held-out validation split (the score is that run's test accuracy)")
+    metric_name = ("macro accuracy (per-class recall averaged over classes, the reference's "
+                   "metric)" if metric.startswith("final_test_acc") and "micro" not in metric
+                   else f"`{metric}`")
     md = [f"# {title}", "", f"**{notice}**", "", description, "",
-          f"Score: best `{metric}` over the (lr, wd) grid per setting, averaged over each task's "
-          "settings; `mean` averages the tasks.", "", "## Scores", "",
+          f"Score: {metric_name} of the best run of the (lr, wd) grid per setting, the best run "
+          f"chosen on {selection}; averaged over each task's settings; `mean` averages the "
+          "tasks.", "", "## Scores", "",
           format_score_table(results, metric=metric), "",
           "![scores](plots/mad_scores.png)", ""]
+    intervals = score_intervals(results, metric=metric)
+    if len(intervals) and intervals["seeds"].max() > 1:
+        md += ["## Seeds", "", "Mean over seeds and 95% t-interval (the paper used one seed).",
+               "", _markdown_table(intervals, ("arch", "task", "score", "low", "high",
+                                               "seeds")), ""]
+    comparison = None
+    if paper_keys is not None:
+        comparison = paper_lib.compare(results, paper_keys=paper_keys, metric=metric)
+        md += ["## Beside the paper", "", "Accuracy x 100. The paper's numbers are MAD scores "
+               "(full protocol); ours are only comparable when this sweep ran preset=full.", "",
+               paper_lib.format_comparison(comparison), ""]
     if difficulty:
         md += ["## Accuracy against difficulty", ""]
         md += [f"![{t}](plots/{os.path.basename(p)})" for t, p in difficulty.items()] + [""]
@@ -170,8 +192,14 @@ def write_report(workdir: str, results: pd.DataFrame | None = None, *,
 
     body = [f"<h1>{html.escape(title)}</h1>", f"<p><b>{html.escape(notice)}</b></p>",
             f"<p>{html.escape(description)}</p>", "<h2>Scores</h2>",
+            f"<p>Best run chosen on {html.escape(selection)}.</p>",
             score_table(results, metric=metric).to_html(float_format=lambda v: f"{v:.3f}"),
             '<p><img src="plots/mad_scores.png"></p>']
+    if comparison is not None:
+        body += ["<h2>Beside the paper</h2>",
+                 comparison["cells"].to_html(index=False, float_format=lambda v: f"{v:.1f}"),
+                 comparison["means"].to_html(index=False, float_format=lambda v: f"{v:.1f}"),
+                 f"<p>Spearman rank correlation of the means: {comparison['spearman']:.2f}</p>"]
     if difficulty:
         body.append("<h2>Accuracy against difficulty</h2>")
         body += [f'<p><img src="plots/{os.path.basename(p)}"></p>' for p in difficulty.values()]
