@@ -282,3 +282,47 @@ def test_crashing_setting_is_recorded_and_sweep_goes_on(tmp_path):
     assert (tmp_path / "runs" / "compression" / "baseline" / "error.txt").exists()
     assert any("FAILED" in m for m in messages)
     assert np.isfinite(protocol.scores(results)[TASK])
+
+
+def test_paper_comparison_cells_means_and_rank_correlation():
+    from mad_jax.protocol import paper
+
+    table = paper.load_paper_scores()
+    assert [r["key"] for r in table["rows"]][:2] == ["transformer", "hyena"]
+    for row in table["rows"]:  # each stored mean is the mean of its six tasks (to rounding)
+        assert np.mean(list(row["scores"].values())) == pytest.approx(row["mean"], abs=0.06)
+
+    def rows(arch, accs):
+        return [{"arch": arch, "task": t, "setting": "baseline", "learning_rate": 1e-3,
+                 "weight_decay": 0.0, "status": "ok", "final_test_acc": a}
+                for t, a in accs.items()]
+    results = pd.DataFrame(
+        rows("attn", {"in-context-recall": 0.9, "memorization": 0.8})
+        + rows("hyena", {"in-context-recall": 0.7, "memorization": 0.9})
+        + rows("mamba", {"in-context-recall": 0.8, "memorization": 0.85})
+        + rows("mine", {"in-context-recall": 0.5, "memorization": 0.5}))
+    out = paper.compare(results, paper_keys={"attn": "transformer"})
+    cells = out["cells"].set_index(["arch", "task"])
+    assert cells.loc[("attn", "in-context-recall"), "ours"] == pytest.approx(90.0)
+    assert cells.loc[("attn", "in-context-recall"), "diff"] == pytest.approx(90.0 - 94.1)
+    assert "mine" not in set(out["cells"]["arch"])  # no paper row: left out
+    means = out["means"].set_index("arch")
+    # The paper's means over the same two tasks: Transformer (94.1 + 85.2) / 2, ...
+    assert means.loc["attn", "paper_score"] == pytest.approx((94.1 + 85.2) / 2)
+    # Means: ours attn 85, hyena 80, mamba 82.5 (ranks 3, 1, 2); the paper's 89.65, 85.6, 89.95
+    # (ranks 2, 1, 3): rank differences (1, 0, -1), rho = 1 - 6 * 2 / (3 * (9 - 1)) = 0.5.
+    assert out["spearman"] == pytest.approx(0.5)
+    assert paper.spearman([1, 2], [1, 1]) != paper.spearman([1, 2], [1, 1])  # NaN: no ranking
+    text = paper.format_comparison(out)
+    assert "Spearman rank correlation of the means over 3 architectures: +0.50" in text
+    with pytest.raises(ValueError, match="no paper row 'rnn'"):
+        paper.compare(results, paper_keys={"mine": "rnn"})
+
+
+def test_report_shows_paper_comparison_and_selection(smoke_run, tmp_path):
+    _, results, _ = smoke_run
+    paths = protocol.write_report(str(tmp_path), results.assign(arch="hyena"),
+                                  paper_keys={"hyena": "hyena"})
+    text = open(paths["md"]).read()
+    assert "## Beside the paper" in text and "| hyena | Hyena | memorization |" in text
+    assert "macro accuracy" in text and "chosen on the test set" in text

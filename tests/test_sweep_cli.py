@@ -96,3 +96,34 @@ def test_configs():
     assert sweep.architectures(mad.get_config()) == {
         "hyena+swiglu+mh-attention+swiglu": mad.DEFAULT_LAYERS}
     assert sweep.parse_grid("1e-4:0,1e-3:0.1") == ((1e-4, 0.0), (1e-3, 0.1))
+
+
+def test_config_argument_booleans_and_numbers():
+    assert mad.get_config("report=false").report is False
+    assert mad.get_config("report=true,distributed=0").distributed is False
+    assert mad.get_config("seeds=3").seeds == 3
+    with pytest.raises(ValueError, match="takes true or false"):
+        mad.get_config("report=maybe")
+    with pytest.raises(ValueError, match="'seeds' takes a int"):
+        mad.get_config("seeds=many")
+
+
+def test_paper_config_variants_and_arch_selection(tmp_path):
+    from experiments.configs import paper
+
+    full = paper.get_config()
+    assert full.preset == "full" and len(sweep.architectures(full)) == 8
+    cpu = paper.get_config("cpu")
+    assert cpu.preset == "quick" and cpu.tasks == paper.CPU_TASKS
+    assert list(sweep.architectures(cpu)) == ["transformer", "hyena"]
+    assert paper.get_config("cpu,seeds=2").seeds == 2
+    with pytest.raises(ValueError, match="unknown paper.py variant 'gpu'"):
+        paper.get_config("gpu")
+    cpu.archs = "transformer,rnn"
+    with pytest.raises(sweep.SweepError, match="unknown architecture.*'rnn'"):
+        sweep.architectures(cpu)
+    # Every architecture of the paper builds from registered layers.
+    plan = sweep.validate(paper.get_config(f"workdir={tmp_path}"))
+    assert set(plan["archs"]) == set(paper.ARCHITECTURES)
+    with pytest.raises(sweep.SweepError, match="seeds must be a positive integer"):
+        sweep.validate(paper.get_config(f"workdir={tmp_path},seeds=0"))
