@@ -70,15 +70,16 @@ def loop_fuzzy_in_context_recall(rng, split, vocab_size, seq_len, k_motif_size, 
         return tuple(K + int(t) for t in rng.choice(vocab_size - 1 - K, size, replace=False))
 
     k_probe, v_probe = key(), value()
-    pair_max = k_motif_size + v_motif_size
-    body_end = seq_len - len(k_probe) - len(v_probe) - pair_max
-    probe_at = int(rng.integers(0, body_end - pair_max + 1))
+    probe_len = len(k_probe) + len(v_probe)
+    body_end = seq_len - probe_len - k_motif_size - v_motif_size
+    probe_at = int(rng.integers(0, seq_len - 2 * probe_len))
     seq, tgt, binding, seen, probe_added = [], [], {k_probe: v_probe}, set(), False
     while len(seq) < body_end:
         if not probe_added and len(seq) >= probe_at:
             k, probe_added = k_probe, True
         else:
             k = key()
+            probe_added |= k == k_probe  # k* appeared: the probe is not inserted again
             if k not in binding:
                 binding[k] = value()
         v = binding[k]
@@ -87,8 +88,8 @@ def loop_fuzzy_in_context_recall(rng, split, vocab_size, seq_len, k_motif_size, 
         seen.add(k)
     seq += [*k_probe, *v_probe]
     tgt += [IGNORE] * len(k_probe) + list(v_probe)
-    seq = [pad] * (seq_len - len(seq)) + seq
-    tgt = [IGNORE] * (seq_len - len(tgt)) + tgt
+    seq = [pad] * (seq_len + 1 - len(seq)) + seq  # seq_len + 1 tokens: the model sees seq_len
+    tgt = [IGNORE] * (seq_len + 1 - len(tgt)) + tgt
     seq, tgt = np.array(seq, np.int32), np.array(tgt, np.int32)
     return seq[:-1], seq[1:] if train else tgt[1:]
 

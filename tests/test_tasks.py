@@ -1,5 +1,7 @@
-"""Structure of every task, checked sequence by sequence against DESIGN.md ("The six tasks"),
-plus determinism, chunking and statistics against the per-instance loops of the benchmark."""
+"""Structure of every task, checked sequence by sequence against the reference's generators
+(athms/mad-lab, mad/data/instances.py; DESIGN.md "The six tasks"), plus determinism, chunking and
+statistics against the per-instance loops of the benchmark. The validation split is checked as the
+test split it is made like."""
 import hashlib
 
 import numpy as np
@@ -12,6 +14,12 @@ from mad_jax.tasks.memorization import memorization_map
 
 IGNORE = -100
 SPLITS = ("train", "test")
+ALL_SPLITS = ("train", "validation", "test")
+
+
+def _scoring(split):
+    """The split whose layout and targets `split` follows (validation is made as test)."""
+    return "test" if split == "validation" else split
 
 
 def _full_sequence(inputs, targets):
@@ -53,7 +61,7 @@ def check_recall(inputs, targets, split, vocab_size, seq_len, noise_vocab_size, 
             assert tgt[-1] == row[-1]  # the probe value is always scored
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", ALL_SPLITS)
 @pytest.mark.parametrize("task,params", [
     ("in-context-recall", {}),
     ("in-context-recall", {"vocab_size": 128, "seq_len": 64}),
@@ -65,7 +73,7 @@ def test_recall_structure(task, params, split):
     p = tasks.resolve_params(task, params)
     inputs, targets = tasks.generate(task, num_examples=40, seed=3, split=split, **p)
     assert inputs.dtype == targets.dtype == np.int32
-    check_recall(inputs, targets, split, **p)
+    check_recall(inputs, targets, _scoring(split), **p)
 
 
 def test_noisy_recall_noise_rate():
@@ -85,7 +93,8 @@ def parse_motif_pairs(row, num_keys, pad):
     """Splits a fuzzy-recall sequence (after its left padding) into (key, value, value_start)
     motifs: keys and values come from disjoint vocabularies, so runs delimit them."""
     start = int(np.argmax(row != pad))
-    assert start >= 1 and (row[:start] == pad).all() and (row[start:] != pad).all()
+    # the reference pads to seq_len + 1 and stops laying pairs early enough that >= 2 pads remain
+    assert start >= 2 and (row[:start] == pad).all() and (row[start:] != pad).all()
     pairs, i = [], start
     while i < len(row):
         j = i
@@ -101,13 +110,17 @@ def parse_motif_pairs(row, num_keys, pad):
 
 
 def check_fuzzy(inputs, targets, split, vocab_size, seq_len, k_motif_size, v_motif_size):
+    """Per row: the reference's layout (seq_len + 1 tokens, the model sees seq_len), motif sizes
+    and bindings, and the scored positions. Returns the fraction of rows whose final probe key
+    appears in an earlier pair (the reference can skip the inner probe: not 1)."""
     pad, num_keys = vocab_size - 1, (vocab_size - 1) // 2
-    assert inputs.shape[1] == seq_len - 1
+    assert inputs.shape[1] == targets.shape[1] == seq_len
     seq = _full_sequence(inputs, targets)
     assert seq.min() >= 0 and seq.max() <= pad
+    inside = 0
     for row, tgt in zip(seq, targets):
-        _, pairs = parse_motif_pairs(row, num_keys, pad)
-        binding, expected = {}, np.full(seq_len, IGNORE)
+        start, pairs = parse_motif_pairs(row, num_keys, pad)
+        binding, expected = {}, np.full(seq_len + 1, IGNORE)
         for key, value, value_at in pairs:
             assert 1 <= len(key) <= k_motif_size and len(set(key)) == len(key)
             assert 1 <= len(value) <= v_motif_size and len(set(value)) == len(value)
@@ -118,14 +131,20 @@ def check_fuzzy(inputs, targets, split, vocab_size, seq_len, k_motif_size, v_mot
                 expected[value_at:value_at + len(value)] = value
             binding[key] = value
         *body, final = pairs
-        assert (final[0], final[1]) in [(k, v) for k, v, _ in body], "probe appears inside"
+        inside += final[0] in [k for k, _, _ in body]
+        expected[final[2]:final[2] + len(final[1])] = final[1]  # the final value: always scored
+        # pairs are laid down while the body is shorter than seq_len - len(probe) - max pair
+        body_end = seq_len - len(final[0]) - len(final[1]) - k_motif_size - v_motif_size
+        body_len = final[2] - len(final[0]) - start
+        assert body_len - len(body[-1][0]) - len(body[-1][1]) < body_end <= body_len
         if split == "train":
             np.testing.assert_array_equal(tgt, row[1:])
         else:
             np.testing.assert_array_equal(tgt, expected[1:])
+    return inside / len(seq)
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", ALL_SPLITS)
 @pytest.mark.parametrize("params", [
     {},
     {"vocab_size": 7, "seq_len": 18},  # smallest vocabulary and sequence for 3+3 motifs
@@ -137,7 +156,33 @@ def test_fuzzy_structure(params, split):
     p = tasks.resolve_params("fuzzy-in-context-recall", params)
     inputs, targets = tasks.generate("fuzzy-in-context-recall", num_examples=40, seed=5,
                                      split=split, **p)
-    check_fuzzy(inputs, targets, split, **p)
+    check_fuzzy(inputs, targets, _scoring(split), **p)
+
+
+# Measured by running the reference's generator (athms/mad-lab, mad/data/instances.py, as its
+# train.py calls it) for 6,000 sequences per split at the baseline: (mean, standard error) of the
+# left padding of the seq_len + 1 tokens, of how many earlier pairs hold the final probe's key,
+# and of the scored positions per test row; the fraction of rows whose final key appears earlier.
+REFERENCE_FUZZY_BASELINE = {
+    "train": {"pad": (5.312, 0.018), "probe_key_count": (1.352, 0.010),
+              "probe_inside": (0.9825, 0.0017)},
+    "test": {"pad": (4.926, 0.020), "probe_key_count": (1.029, 0.004),
+             "probe_inside": (0.9775, 0.0019), "scored": (4.370, 0.030)},
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_fuzzy_matches_reference_statistics(split):
+    p = tasks.resolve_params("fuzzy-in-context-recall", {})
+    inputs, targets = tasks.generate("fuzzy-in-context-recall", num_examples=2048, seed=11,
+                                     split=split)
+    counts = _probe_key_count(inputs, targets, p)
+    ours = {"pad": np.argmax(inputs != p["vocab_size"] - 1, axis=1),
+            "probe_key_count": counts, "probe_inside": counts > 0,
+            "scored": (targets != IGNORE).sum(axis=1)}
+    for name, (ref_mean, ref_se) in REFERENCE_FUZZY_BASELINE[split].items():
+        mean, se = _mean_and_se(ours[name])
+        assert abs(mean - ref_mean) < 5 * np.hypot(se, ref_se), (name, mean, ref_mean)
 
 
 def test_fuzzy_second_draw_of_pairs(monkeypatch):
@@ -154,13 +199,16 @@ def test_fuzzy_second_draw_of_pairs(monkeypatch):
 
 # --- selective copying, compression, memorization ------------------------------------------------
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", ALL_SPLITS)
 @pytest.mark.parametrize("params", [{}, {"seq_len": 34, "num_tokens_to_copy": 16},
                                     {"vocab_size": 3, "seq_len": 12, "num_tokens_to_copy": 2}])
 def test_selective_copying_structure(params, split):
     p = tasks.resolve_params("selective-copying", params)
     V, L, n = p["vocab_size"], p["seq_len"], p["num_tokens_to_copy"]
-    inputs, targets = tasks.generate("selective-copying", num_examples=40, seed=2, split=split, **p)
+    # vocab 3 leaves one token to copy: 8 possible sequences, so a validation split beside a
+    # test split of only 2 rows
+    inputs, targets = tasks.generate("selective-copying", num_examples=40, seed=2, split=split,
+                                     num_test_examples=2 if V == 3 else 1280, **p)
     assert inputs.shape == targets.shape == (40, L)
     blank, copy = V - 2, V - 1
     for row, tgt in zip(inputs, targets):
@@ -174,7 +222,7 @@ def test_selective_copying_structure(params, split):
         np.testing.assert_array_equal(tgt[L - n:], tokens)
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", ALL_SPLITS)
 def test_compression_structure(split):
     inputs, targets = tasks.generate("compression", num_examples=40, seed=0, split=split,
                                      vocab_size=32, seq_len=64)
@@ -192,7 +240,8 @@ def test_memorization_structure_and_shared_map(vocab_size):
     assert len(value_of) == num_keys and len(set(value_of.tolist())) == num_keys  # injective
     assert value_of.min() >= num_keys and value_of.max() < vocab_size - 1
     seen = {}
-    for split in SPLITS:
+    # one key makes one possible sequence: the test split holds it, none is left for validation
+    for split in ALL_SPLITS if num_keys > 1 else SPLITS:
         # 1100 rows: two chunks, so the map is shared across chunks and splits
         inputs, targets = tasks.generate("memorization", num_examples=1100, seed=7, split=split,
                                          vocab_size=vocab_size, seq_len=8)
@@ -214,20 +263,26 @@ GOLDEN = {
     ("in-context-recall", "test"): "5775943ec97b1c4f",
     ("noisy-in-context-recall", "train"): "344d18c416ab6433",
     ("noisy-in-context-recall", "test"): "504e99beebf3f675",
-    ("fuzzy-in-context-recall", "train"): "5191649f98a89ee6",
-    ("fuzzy-in-context-recall", "test"): "7243f4f63bf5da83",
+    ("fuzzy-in-context-recall", "train"): "dc4f77408983ccf5",
+    ("fuzzy-in-context-recall", "test"): "43f3da8e934784fe",
     ("selective-copying", "train"): "7e42fc532de47362",
     ("selective-copying", "test"): "39d098ebb9c5e51f",
     ("compression", "train"): "0d036ea202eb7ed3",
     ("compression", "test"): "e542c5fd525c6489",
     ("memorization", "train"): "2f76463ba4b4b07b",
     ("memorization", "test"): "afd446fd60216179",
+    ("in-context-recall", "validation"): "cec184078e40f4bb",
+    ("noisy-in-context-recall", "validation"): "bf26fc1941b2ff53",
+    ("fuzzy-in-context-recall", "validation"): "f3c173b5b99077c8",
+    ("selective-copying", "validation"): "628c0a40d01274a5",
+    ("compression", "validation"): "595effc551ae2af3",
+    ("memorization", "validation"): "cb6ba2389a436391",
 }
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_golden_arrays(task):
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         inputs, targets = tasks.generate(task, num_examples=4, seed=0, split=split)
         digest = hashlib.sha256(inputs.tobytes() + targets.tobytes()).hexdigest()[:16]
         assert digest == GOLDEN[task, split], (task, split)
@@ -283,18 +338,31 @@ def _mean_and_se(values):
     return values.mean(), values.std() / np.sqrt(len(values))
 
 
-@pytest.mark.parametrize("task,params,stat", [
-    ("in-context-recall", {"seq_len": 64}, "scored"),
-    ("noisy-in-context-recall", {"seq_len": 64, "frac_noise": 0.6}, "scored"),
-    ("fuzzy-in-context-recall", {}, "scored"),
-    ("fuzzy-in-context-recall", {}, "pad"),
-    ("selective-copying", {"seq_len": 64}, "first_token"),
+def _probe_key_count(inputs, targets, p):
+    """Per row: how many earlier pairs have the final probe's key motif."""
+    pad, num_keys = p["vocab_size"] - 1, (p["vocab_size"] - 1) // 2
+    counts = []
+    for row in _full_sequence(inputs, targets):
+        _, pairs = parse_motif_pairs(row, num_keys, pad)
+        counts.append(sum(key == pairs[-1][0] for key, _, _ in pairs[:-1]))
+    return np.array(counts)
+
+
+@pytest.mark.parametrize("task,params,stat,split", [
+    ("in-context-recall", {"seq_len": 64}, "scored", "test"),
+    ("noisy-in-context-recall", {"seq_len": 64, "frac_noise": 0.6}, "scored", "test"),
+    ("fuzzy-in-context-recall", {}, "scored", "test"),
+    ("fuzzy-in-context-recall", {}, "pad", "test"),
+    # the probe is not inserted where its key appeared before it by chance (frequent in train,
+    # where a one-token key repeats often) or where no pair starts past its offset
+    ("fuzzy-in-context-recall", {}, "probe_key_count", "train"),
+    ("fuzzy-in-context-recall", {"seq_len": 36}, "probe_key_count", "test"),
+    ("selective-copying", {"seq_len": 64}, "first_token", "test"),
 ])
-def test_same_distribution_as_per_instance_loop(task, params, stat):
+def test_same_distribution_as_per_instance_loop(task, params, stat, split):
     """The vectorised generator and the benchmark's straightforward loop implement the same
     law: compare a summary statistic (means within 5 standard errors)."""
     p = tasks.resolve_params(task, params)
-    split = "test"
     vec = tasks.generate(task, num_examples=1024, seed=0, split=split, **p)
     loop = task_generation.loop_generate(task, 400, 0, split, **p)
 
@@ -303,6 +371,8 @@ def test_same_distribution_as_per_instance_loop(task, params, stat):
             return (targets != IGNORE).sum(axis=1)
         if stat == "pad":
             return (inputs == p["vocab_size"] - 1).sum(axis=1)
+        if stat == "probe_key_count":
+            return _probe_key_count(inputs, targets, p)
         return np.argmax(inputs != p["vocab_size"] - 2, axis=1)
 
     m1, se1 = _mean_and_se(statistic(*vec))

@@ -57,6 +57,20 @@ def test_cache_key_separates_split_seed_params_and_size(tmp_path):
         cache.cache_path(tmp_path, "compression", setting, "train", 0)
 
 
+def test_cache_key_carries_the_format_version(tmp_path, monkeypatch):
+    """Entries written by code whose data differ (an older format) are never served."""
+    setting = {**tasks.settings("fuzzy-in-context-recall")[0], "num_train_examples": 8}
+    new = cache.cache_path(tmp_path, "fuzzy-in-context-recall", setting, "train", seed=0)
+    old_x = np.zeros((8, 127), np.int32)  # an entry of format 1: fuzzy inputs of seq_len - 1
+    monkeypatch.setattr(cache, "FORMAT_VERSION", cache.FORMAT_VERSION - 1)
+    old = cache.cache_path(tmp_path, "fuzzy-in-context-recall", setting, "train", seed=0)
+    assert old != new
+    cache._write(old, old_x, old_x, "old")
+    monkeypatch.undo()
+    x, _ = tasks.load("fuzzy-in-context-recall", setting, "train", seed=0, cache_dir=tmp_path)
+    assert x.shape == (8, 128)
+
+
 def test_damaged_cache_entry_is_regenerated(tmp_path):
     setting = {**tasks.settings("memorization")[0], "num_train_examples": 10}
     path = cache.cache_path(tmp_path, "memorization", setting, "train", seed=0)

@@ -93,7 +93,7 @@ def test_integral_floats_are_accepted():
 @pytest.mark.parametrize("kwargs,match", [
     ({"seed": -1}, "seed must be >= 0"),
     ({"num_examples": -3}, "num_examples must be >= 0"),
-    ({"split": "valid"}, r"split must be one of \('train', 'test'\)"),
+    ({"split": "valid"}, r"split must be one of \('train', 'validation', 'test'\)"),
 ])
 def test_bad_generate_arguments(kwargs, match):
     args = {"num_examples": 2, "seed": 0, **kwargs}
@@ -103,6 +103,16 @@ def test_bad_generate_arguments(kwargs, match):
 
 def test_bad_load_arguments():
     with pytest.raises(ValueError, match="split must be one of"):
-        tasks.load("compression", {}, "validation", seed=0)
+        tasks.load("compression", {}, "val", seed=0)
     with pytest.raises(ValueError, match="num_train_examples must be >= 0"):
         tasks.load("compression", {"num_train_examples": -1}, "train", seed=0)
+    with pytest.raises(ValueError, match="num_validation_examples must be >= 0"):
+        tasks.load("compression", {"num_validation_examples": -1}, "validation", seed=0)
+
+
+def test_validation_split_of_a_too_small_setting():
+    # compression with vocab 2, seq_len 2 has one sequence: the test split already holds it
+    with pytest.raises(ValueError, match=r"only 0 of 4 validation sequences differ from the 3 "
+                                         r"test sequences .* too few distinct sequences"):
+        tasks.generate("compression", num_examples=4, seed=0, split="validation", vocab_size=2,
+                       seq_len=2, num_test_examples=3)

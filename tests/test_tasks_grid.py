@@ -75,15 +75,21 @@ def test_setting_name_partial_and_multiple_changes():
         tasks.difficulty_variable("in-context-recall", {"seq_len": 256, "vocab_size": 32})
     with pytest.raises(ValueError, match="unknown setting key"):
         tasks.setting_name("compression", {"frac_noise": 0.1})
+    # the validation split's size does not make another grid setting
+    base = tasks.settings("compression")[0]
+    assert tasks.setting_name("compression", {**base, "num_validation_examples": 64}) == \
+        "baseline"
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_every_setting_generates(task):
     for setting in tasks.settings(task):
-        for split in ("train", "test"):
+        for split in ("train", "validation", "test"):
             inputs, targets = tasks.generate(task, num_examples=2, seed=0, split=split, **setting)
-            recall = "recall" in task
-            assert inputs.shape == (2, setting["seq_len"] - recall)
+            # the model sees the sequence minus its last token: seq_len - 1 tokens for the two
+            # recall tasks; fuzzy recall's sequences have seq_len + 1 tokens, as the reference's
+            drops_last = task in ("in-context-recall", "noisy-in-context-recall")
+            assert inputs.shape == (2, setting["seq_len"] - drops_last)
             assert 0 <= inputs.min() and inputs.max() < setting["vocab_size"]
             assert ((targets == -100) | ((targets >= 0) & (targets < setting["vocab_size"]))).all()
             assert (targets != -100).any(axis=1).all()

@@ -6,19 +6,19 @@ distinct key tokens (train: size uniform per pair; test: always k_motif_size), a
 distinct tokens. Within a sequence each key motif is bound to one value motif, drawn where the key
 first appears.
 
-Layout, as in the reference (athms/mad-lab): a probe pair (k*, v*) is drawn first. Pairs are
-laid down one after another while the sequence is shorter than
-`seq_len - len(probe pair) - (k_motif_size + v_motif_size)`; the probe pair takes the slot of the
-first pair that would start at or after a uniform offset, and every other appearance of k* is
-bound to v*. The probe pair is then repeated at the end, and the sequence is left-padded with the
-pad token to seq_len (at least one pad always remains). Where the reference can skip the inner
-probe (its offset may fall past the last pair) ours cannot: the offset is drawn from
-[0, seq_len - len(probe pair) - 2 (k_motif_size + v_motif_size)], so the probe always appears
-inside the sequence before its final repeat.
+Layout, as in the reference (athms/mad-lab, mad/data/instances.py:252-347): a probe pair (k*, v*)
+and an offset uniform in [0, seq_len - 2 len(probe pair)) are drawn first. Pairs are laid down
+one after another while the sequence is shorter than
+`seq_len - len(probe pair) - (k_motif_size + v_motif_size)`; every appearance of k* is bound to
+v*. The probe pair takes the slot of the first pair that would start at or after the offset,
+unless k* already appeared in an earlier pair or no pair starts there (the offset lies past the
+last one): then it is not inserted, and the final query may have no earlier answer (about 1-2%
+of sequences at the baseline, as in the reference). The probe pair is then repeated at the end,
+and the sequence is left-padded with the pad token to seq_len + 1 (at least two pads remain).
 
-The model sees the sequence minus its last token. Train targets: the next token everywhere (pad
-included, as in the reference). Test targets: the value tokens of pairs whose key motif appeared
-in an earlier pair, always including the final probe value; -100 elsewhere.
+The model sees the sequence minus its last token (length seq_len). Train targets: the next token
+everywhere (pad included, as in the reference). Test targets: the value tokens of pairs whose key
+motif appeared in an earlier pair, and always the final probe value; -100 elsewhere.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
     vprobe_VxB = distinct_tokens(rng, (B,), vm, num_values) + num_keys
     probe_len_B = kprobe_size_B + vprobe_size_B
     body_end_B = L - probe_len_B - pair_max  # a pair is laid down while the body is shorter
-    probe_at_B = rng.integers(0, body_end_B - pair_max + 1, dtype=np.int32)
+    probe_at_B = rng.integers(0, L - 2 * probe_len_B, dtype=np.int32)
 
     M, worst = _slot_budget(L, km, vm, train)
     pairs = _draw_pairs(rng, B, M, train, km, vm, num_keys, num_values)
@@ -121,11 +121,15 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
         length_BxM = ksize_BxM + vsize_BxM
         start_BxM = np.cumsum(length_BxM, axis=1, dtype=np.int32)
         start_BxM -= length_BxM
-        # The probe takes the place of pair j, the first that would start at or after probe_at;
-        # pairs j, j+1, ... move back by the probe's length. Pairs starting at body_end go.
+        # The probe takes the place of pair j, the first that would start at or after probe_at,
+        # and pairs j, j+1, ... move back by the probe's length; unless k* appeared before pair
+        # j or pair j would start at or past body_end (the reference's loop then never inserts
+        # it). Pairs starting at body_end go.
         before_probe_BxM = start_BxM < probe_at_B[:, None]
         probe_start_B = (length_BxM * before_probe_BxM).sum(axis=1, dtype=np.int32)
-        start_BxM += (~before_probe_BxM) * probe_len_B[:, None]
+        inserted_B = probe_start_B < body_end_B
+        inserted_B &= ~(is_probe_BxM & before_probe_BxM).any(axis=1)
+        start_BxM += (~before_probe_BxM) * (probe_len_B * inserted_B)[:, None]
         keep_BxM = start_BxM < body_end_B[:, None]
         if not keep_BxM[:, -1].any():
             break
@@ -136,11 +140,13 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
         extra = _draw_pairs(rng, B, worst - M, train, km, vm, num_keys, num_values)
         pairs = tuple(np.concatenate([a, b], axis=-1) for a, b in zip(pairs, extra))
         M = worst
-    body_len_B = (length_BxM * keep_BxM).sum(axis=1, dtype=np.int32) + probe_len_B
-    pad_B = L - body_len_B - probe_len_B  # left padding (>= 1)
+    body_len_B = (length_BxM * keep_BxM).sum(axis=1, dtype=np.int32)
+    body_len_B += probe_len_B * inserted_B
+    L1 = L + 1  # the whole sequence: the model sees its first L tokens
+    pad_B = L1 - body_len_B - probe_len_B  # left padding (>= 2)
 
     # All pairs as S = M + 2 slots: the regular pairs, then the inner probe and its final repeat.
-    # A dropped pair gets sizes 0 (it writes no tokens).
+    # A dropped pair (and an inner probe that is not inserted) gets sizes 0: it writes no tokens.
     S = M + 2
 
     def with_probes(regular, probe_value):
@@ -151,6 +157,8 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
 
     ksize_BxS = with_probes(ksize_BxM * keep_BxM, kprobe_size_B)
     vsize_BxS = with_probes(vsize_BxM * keep_BxM, vprobe_size_B)
+    ksize_BxS[:, M] *= inserted_B
+    vsize_BxS[:, M] *= inserted_B
     start_BxS = with_probes(start_BxM, probe_start_B)
     start_BxS[:, M + 1] = body_len_B
     ktok_KxBxS = with_probes(ktok_KxBxM, kprobe_KxB)
@@ -160,10 +168,10 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
                                       vtok_VxBxM[w].reshape(-1).take(first_flat))
     vtok_VxBxS[:, :, M:] = vprobe_VxB[..., None]
 
-    # Scatter every token to its flat index in a [B * L] buffer; unused ones go to index B * L.
-    dump = B * L
+    # Scatter every token to its flat index in a [B * L1] buffer; unused ones go to index B * L1.
+    dump = B * L1
     at_BxS = start_BxS.astype(np.intp)
-    at_BxS += row_offsets(B, L) + pad_B[:, None]
+    at_BxS += row_offsets(B, L1) + pad_B[:, None]
 
     def positions(at, sizes, width):
         """Flat index of motif position w of each pair: at + w where w < size, else dump."""
@@ -178,24 +186,26 @@ def _make_chunk(rng: np.random.Generator, p: Mapping[str, Any], split: str, seed
     kidx_KxBxS = positions(at_BxS, ksize_BxS, km)
     at_BxS += ksize_BxS
     vidx_VxBxS = positions(at_BxS, vsize_BxS, vm)
-    seq = np.full(B * L + 1, pad, np.int32)
+    seq = np.full(dump + 1, pad, np.int32)
     seq[kidx_KxBxS] = ktok_KxBxS
     seq[vidx_VxBxS] = vtok_VxBxS
-    seq_BxL = seq[:dump].reshape(B, L)
-    inputs[...] = seq_BxL[:, :-1]
+    seq_BxL1 = seq[:dump].reshape(B, L1)
+    inputs[...] = seq_BxL1[:, :-1]
     if train:
-        targets[...] = seq_BxL[:, 1:]
+        targets[...] = seq_BxL1[:, 1:]
         return
 
-    # Test: score the values of keys seen in an earlier pair (the probe key counts from the inner
-    # probe on; the final repeat always counts).
+    # Test: score the values of keys seen in an earlier pair, and always the final repeat. An
+    # inserted inner probe is the first appearance of k*, so it is never scored; pairs after it
+    # with key k* are.
     scored_BxS = np.empty((B, S), bool)
-    scored_BxS[:, :M] = (first_BxM < np.arange(M)) | (is_probe_BxM & ~before_probe_BxM)
-    scored_BxS[:, M] = (is_probe_BxM & before_probe_BxM).any(axis=1)
+    scored_BxS[:, :M] = first_BxM < np.arange(M)
+    scored_BxS[:, :M] |= is_probe_BxM & ~before_probe_BxM & inserted_B[:, None]
+    scored_BxS[:, M] = False
     scored_BxS[:, M + 1] = True
-    labels = np.full(B * L + 1, IGNORE_INDEX, np.int32)
+    labels = np.full(dump + 1, IGNORE_INDEX, np.int32)
     labels[vidx_VxBxS[:, scored_BxS]] = vtok_VxBxS[:, scored_BxS]
-    targets[...] = labels[:dump].reshape(B, L)[:, 1:]
+    targets[...] = labels[:dump].reshape(B, L1)[:, 1:]
 
 
 def _token_label(token: int, p: Mapping[str, Any]) -> str:
@@ -210,6 +220,6 @@ register_task(TaskSpec(
     defaults={"vocab_size": 16, "seq_len": 128, "k_motif_size": 3, "v_motif_size": 3},
     validate=_validate,
     make_chunk=_make_chunk,
-    length=lambda p: p["seq_len"] - 1,
+    length=lambda p: p["seq_len"],
     token_label=_token_label,
 ))

@@ -53,7 +53,8 @@ def settings(task: str) -> list[dict[str, Any]]:
     """The difficulty grid of `task`: the baseline first, then one change at a time, in grid order.
 
     Each setting holds every generation parameter of the task explicitly, plus num_train_examples
-    and num_test_examples. Fresh dicts: callers may modify them.
+    and num_test_examples (the validation split takes num_test_examples unless a setting adds
+    num_validation_examples). Fresh dicts: callers may modify them.
     """
     base = baseline(task)
     out = [base]
@@ -65,9 +66,13 @@ def settings(task: str) -> list[dict[str, Any]]:
     return out
 
 
+# Optional setting keys that do not change which grid setting it is.
+_NOT_A_DIFFICULTY = ("num_validation_examples",)
+
+
 def _differences(task: str, setting: Mapping[str, Any]) -> list[tuple[str, Any]]:
     base = baseline(task)
-    unknown = sorted(k for k in setting if k not in base)
+    unknown = sorted(k for k in setting if k not in base and k not in _NOT_A_DIFFICULTY)
     if unknown:
         raise ValueError(
             f"unknown setting key(s) {unknown} for task {task!r}; valid: {sorted(base)}")

@@ -3,8 +3,10 @@
 Keys [0, (V-1)//2), values [(V-1)//2, V-1), insert token V-1. The map sends the keys to distinct
 values (a bijection onto a random subset of the values; there is one more value than keys when
 V-1 is odd), drawn from a stream that depends only on (seed, vocab_size), so every example of
-both splits shares it. A sequence is seq_len/2 items `key, insert` with uniform keys; the target
-at each insert position is that key's value, -100 elsewhere. Same layout in both splits.
+every split shares it: the task is recalling that map. A sequence is seq_len/2 items
+`key, insert` with uniform keys; the target at each insert position is that key's value, -100
+elsewhere. Same layout in every split; validation sequences differ from test ones as key
+sequences (the map is the same).
 """
 from __future__ import annotations
 

@@ -23,13 +23,14 @@ TASKS = (
     "compression",
     "memorization",
 )
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 # Keys a setting dict may carry that size the data set but do not change how a sequence is made.
-DATASET_SIZE_KEYS = ("num_train_examples", "num_test_examples")
+DATASET_SIZE_KEYS = ("num_train_examples", "num_test_examples", "num_validation_examples")
 
 # make_chunk(rng, params, split, seed, inputs, targets) fills inputs and targets, int32
 # [rows, length] (views into the data set's arrays: writing in place saves a copy of the chunk).
+# split is "train" or "test" (scoring_split: validation sequences are made as test ones).
 # `seed` is the data-set seed, for streams shared by every chunk and split (the memorization map).
 ChunkFn = Callable[[np.random.Generator, Mapping[str, Any], str, int, np.ndarray, np.ndarray],
                    None]
@@ -82,7 +83,8 @@ def get_task(task: str) -> TaskSpec:
 def resolve_params(task: str, params: Mapping[str, Any]) -> dict[str, int | float]:
     """The full, validated generation parameters of `task`: baseline values updated by `params`.
 
-    Dataset-size keys (num_train_examples, num_test_examples) are accepted and dropped. Values are
+    Dataset-size keys (num_train_examples, num_test_examples, num_validation_examples) are
+    accepted and dropped. Values are
     normalised to plain Python int / float so that hashing them (seeds, cache keys) is stable.
     Raises ValueError for an unknown task, an unknown parameter, or an invalid value.
     """
@@ -106,3 +108,9 @@ def resolve_params(task: str, params: Mapping[str, Any]) -> dict[str, int | floa
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def scoring_split(split: str) -> str:
+    """The split whose layout and scoring a split's sequences follow: "validation" is made as
+    "test" (from its own stream), so task generators only ever see "train" or "test"."""
+    return "test" if split == "validation" else split

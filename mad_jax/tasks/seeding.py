@@ -3,8 +3,8 @@
 A stream is a numpy Generator (PCG64) seeded by `SeedSequence(seed, spawn_key=...)`, where the
 spawn key is a stable hash (sha256 of canonical JSON, never Python's salted `hash`) of what the
 stream is for: (task, generation parameters, split) plus the chunk index for sequence data, or a
-tag such as "memorization-map" for data-set-wide draws. Train and test of one setting therefore
-never share a stream, and chunk c is the same whoever generates it.
+tag such as "memorization-map" for data-set-wide draws. The train, validation and test splits
+of one setting therefore never share a stream, and chunk c is the same whoever generates it.
 
 numpy documents its Generator streams as stable for a fixed numpy version; requirements.txt pins it.
 """
@@ -32,7 +32,7 @@ def chunk_rng(task: str, params: Mapping[str, Any], split: str, seed: int,
 
 
 def shared_rng(seed: int, *tag: Any) -> np.random.Generator:
-    """A data-set-wide stream (shared by all chunks and both splits), named by `tag`."""
+    """A data-set-wide stream (shared by all chunks and splits), named by `tag`."""
     key = stable_hash_words("shared", *tag)
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=key)))
 
