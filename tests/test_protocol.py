@@ -24,8 +24,9 @@ def tiny_model_fn(task, vocab_size, max_length):
 
 def run_tiny(out_dir, **kw):
     kw.setdefault("log", lambda s: None)
+    kw.setdefault("train_overrides", TINY)
     return protocol.run(tiny_model_fn, str(out_dir), tasks=[TASK], grid=GRID, preset="smoke",
-                        arch="tiny", train_overrides=TINY, **kw)
+                        arch="tiny", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +327,15 @@ def test_report_shows_paper_comparison_and_selection(smoke_run, tmp_path):
     text = open(paths["md"]).read()
     assert "## Beside the paper" in text and "| hyena | Hyena | memorization |" in text
     assert "macro accuracy" in text and "chosen on the test set" in text
+
+
+def test_select_on_validation_end_to_end(tmp_path):
+    results = run_tiny(tmp_path / "val", train_overrides=dict(TINY, select_on="validation"))
+    assert set(results["select_on"]) == {"validation"}
+    assert results["final_val_acc"].between(0, 1).all()
+    assert results["final_val_acc_micro"].between(0, 1).all()
+    per_setting = protocol.setting_scores(results)
+    chosen = results.loc[results["final_val_acc"].idxmax()]
+    assert per_setting["score"].iloc[0] == chosen["final_test_acc"]
+    text = open(protocol.write_report(str(tmp_path / "rep"), results)["md"]).read()
+    assert "chosen on the held-out validation split" in text
