@@ -177,7 +177,8 @@ def sweep(config) -> "pandas.DataFrame":
         tables.append(protocol.run(
             model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
             arch=name, seed=config.seed, seeds=config.get("seeds", 1),
-            train_overrides=plan["overrides"], cache_dir=cache_dir,
+            train_overrides=plan["overrides"], retry_failed=config.get("retry_failed", True),
+            cache_dir=cache_dir,
             progress_every_s=config.progress_every_s, log=_log))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
     if not sharding.is_main_process():  # process 0 writes and reports for the whole job

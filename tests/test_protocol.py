@@ -259,9 +259,68 @@ def test_bad_input(tmp_path):
 
 def test_workdir_of_another_preset_is_refused(smoke_run):
     out, _, _ = smoke_run
-    with pytest.raises(protocol.ProtocolError, match="preset='smoke'"):
+    with pytest.raises(protocol.ProtocolError, match="preset: 'smoke' -> 'quick'"):
         protocol.run(tiny_model_fn, str(out), tasks=[TASK], grid=GRID, preset="quick",
                      arch="tiny", train_overrides=TINY, log=lambda s: None)
+
+
+def test_changed_training_field_is_named_in_one_line(smoke_run):
+    out, _, _ = smoke_run
+    with pytest.raises(protocol.ProtocolError) as e:
+        run_tiny(out, train_overrides=dict(TINY, train_steps=8))
+    message = str(e.value)
+    assert "train.train_steps: 4 -> 8" in message and "\n" not in message
+    assert len(message) < 300  # names the field, never dumps the configs
+
+
+def test_failed_runs_are_retried_unless_kept(tmp_path):
+    broken = {"on": True}
+
+    def model_fn(task, vocab_size, max_length):
+        model = tiny_model_fn(task, vocab_size, max_length)
+        return model.clone(vocab_size=-1) if broken["on"] else model  # fails inside training
+
+    def run(**kw):
+        return protocol.run(model_fn, str(tmp_path), tasks=[TASK], grid=GRID, preset="smoke",
+                            arch="tiny", train_overrides=TINY, log=messages.append, **kw)
+    messages = []
+    assert set(run()["status"]) == {"failed"}
+    broken["on"] = False
+    kept = run(retry_failed=False)  # the failure stays as it was
+    assert set(kept["status"]) == {"failed"} and any("done, skipped" in m for m in messages)
+    messages.clear()
+    retried = run()
+    assert set(retried["status"]) == {"ok"} and len(retried) == len(GRID)
+    assert any("2 failed run(s)" in m and "trained again" in m for m in messages)
+    assert set(results_table.read(tmp_path / "results.csv")["status"]) == {"ok"}
+
+
+@pytest.mark.parametrize("damage", ["mid-row", "mid-header", "bad-status"])
+def test_damaged_results_file_is_set_aside_and_rebuilt(tmp_path, smoke_run, damage):
+    import shutil
+
+    src, results, _ = smoke_run
+    out = tmp_path / "w"
+    shutil.copytree(src, out)
+    path = out / "results.csv"
+    text = path.read_text()
+    if damage == "mid-row":
+        text = text[:len(text) - len(text.splitlines()[-1]) // 2 - 1]
+    elif damage == "mid-header":
+        text = text[:40]
+    else:
+        text = text.replace(",ok,", ",done,", 1)
+    path.write_text(text)
+    with pytest.raises(results_table.ResultsError, match="results.csv is damaged"):
+        results_table.read(path)
+    messages = []
+    again = run_tiny(out, log=messages.append)
+    assert any("is damaged" in m and "rebuilt 2 rows" in m for m in messages)
+    assert any("done, skipped" in m for m in messages)  # nothing that finished is trained again
+    assert [p.name for p in out.iterdir() if p.name.startswith("results.csv.corrupt-")]
+    pd.testing.assert_frame_equal(again.drop(columns=TIMING).reset_index(drop=True),
+                                  results.drop(columns=TIMING).reset_index(drop=True),
+                                  check_dtype=False)
 
 
 def test_crashing_setting_is_recorded_and_sweep_goes_on(tmp_path):

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from mad_jax.training.io import atomic_write_text
@@ -45,18 +46,74 @@ def make_row(**fields) -> dict:
     return row
 
 
+class ResultsError(ValueError):
+    """A results file that cannot be trusted (truncated, malformed, missing columns)."""
+
+
+# Columns every row must fill, and the ones an ok row must fill with a number (a protocol row,
+# one with a preset, fills all three; rows written by hand need only the accuracy).
+REQUIRED = ("arch", "task", "setting", "learning_rate", "weight_decay", "status")
+REQUIRED_OK = ("final_test_acc", "steps", "params")
+
+
 def read(path: str | os.PathLike) -> pd.DataFrame:
-    """Reads a results CSV (a missing file is an empty table)."""
+    """Reads a results CSV (a missing file is an empty table).
+
+    Raises ResultsError naming the problem if the file is damaged: unreadable, a header without
+    the key columns, a row with an empty key or status, an unknown status, or an ok row whose
+    accuracy, steps or parameter count is not a number (a row cut short).
+    """
     if not os.path.exists(path):
         return empty()
-    df = pd.read_csv(path, keep_default_na=True)
+    try:
+        df = pd.read_csv(path, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path} is damaged ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:120]})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{path} is damaged: no column(s) {', '.join(missing)}")
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
+    for i, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
+        fields = row._asdict()
+        empty_key = [c for c in REQUIRED if pd.isna(fields[c])]
+        if empty_key:
+            raise ResultsError(f"{path} is damaged: line {i} has no {', '.join(empty_key)}")
+        if fields["status"] not in ("ok", "failed"):
+            raise ResultsError(f"{path} is damaged: line {i} has status {fields['status']!r}")
+        if fields["status"] == "ok":
+            needed = REQUIRED_OK if not pd.isna(fields["preset"]) else REQUIRED_OK[:1]
+            bad = [c for c in needed
+                   if not np.isfinite(pd.to_numeric(fields[c], errors="coerce"))]
+            if bad:
+                raise ResultsError(f"{path} is damaged: line {i} (an ok run) has no number in "
+                                   f"{', '.join(bad)}")
     for c in ("setting", "difficulty_key", "error", "status", "arch", "preset", "task",
               "select_on"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+
+
+def rows_from_result_files(runs_dir: str | os.PathLike) -> list[dict]:
+    """The rows stored in every `<runs_dir>/<task>/<setting>/result.json` (what a damaged
+    results.csv is rebuilt from); files written before rows were stored are skipped."""
+    rows = []
+    if not os.path.isdir(runs_dir):
+        return rows
+    for task in sorted(os.listdir(runs_dir)):
+        task_dir = os.path.join(runs_dir, task)
+        for setting in sorted(os.listdir(task_dir)) if os.path.isdir(task_dir) else ():
+            path = os.path.join(task_dir, setting, "result.json")
+            if not os.path.exists(path):
+                continue
+            try:
+                with open(path) as f:
+                    rows.extend(json.load(f).get("rows", []))
+            except (OSError, ValueError):
+                continue  # a damaged result.json: its setting is trained again
+    return rows
 
 
 def write(path: str | os.PathLike, df: pd.DataFrame) -> None:
@@ -89,13 +146,20 @@ def _round(x) -> float:
     return x if math.isnan(x) else float(f"{x:.6g}")
 
 
-def done_keys(df: pd.DataFrame) -> set:
-    """Keys (arch, task, setting, lr, wd, seed) of runs that finished (ok or failed: never
-    redone)."""
+def done_keys(df: pd.DataFrame, *, include_failed: bool = True) -> set:
+    """Keys (arch, task, setting, lr, wd, seed) of runs not to train again: the ok ones, and the
+    failed ones too when include_failed."""
     if df.empty:
         return set()
-    finished = df[df["status"].isin(["ok", "failed"])]
+    finished = df[df["status"].isin(["ok", "failed"] if include_failed else ["ok"])]
     return set(_keys(finished))
+
+
+def failed_keys(df: pd.DataFrame) -> set:
+    """Keys of runs recorded as failed."""
+    if df.empty:
+        return set()
+    return set(_keys(df[df["status"] == "failed"]))
 
 
 def key(arch: str, task: str, setting: str, lr: float, wd: float, seed) -> tuple:

@@ -94,16 +94,32 @@ def train_config(preset: Preset, *, seed: int = 0,
     return TrainConfig.from_any(cfg)
 
 
+def _changed_fields(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for every field of the protocol record that differs (train fields by
+    their own name)."""
+    changes = []
+    for k in ("preset", "seed"):
+        if old.get(k) != new[k]:
+            changes.append(f"{k}: {old.get(k)!r} -> {new[k]!r}")
+    old_train, new_train = old.get("train") or {}, new["train"]
+    for k in sorted(set(old_train) | set(new_train)):
+        if old_train.get(k) != new_train.get(k):
+            changes.append(f"train.{k}: {old_train.get(k)!r} -> {new_train.get(k)!r}")
+    return changes
+
+
 def _check_protocol_file(out_dir: str, record: dict) -> None:
     path = os.path.join(out_dir, PROTOCOL_FILE)
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        for k in ("preset", "seed", "train"):
-            if old.get(k) != record[k]:
-                raise ProtocolError(
-                    f"{out_dir} holds results made with {k}={old.get(k)!r}, not {record[k]!r}; "
-                    "use another workdir (results of different protocols must not mix)")
+        changes = _changed_fields(old, record)
+        if changes:
+            shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more"
+                                              if len(changes) > 3 else "")
+            raise ProtocolError(
+                f"{out_dir} holds results of another protocol ({shown}); results of different "
+                "protocols must not mix: use another workdir, or delete that one to start over")
     if _writes():
         atomic_write_json(path, record)
 
@@ -116,7 +132,7 @@ def _writes() -> bool:
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
         arch: str | None = None, seed: int = 0, seeds: int = 1,
-        train_overrides: Mapping[str, Any] | None = None,
+        train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
         cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
@@ -133,6 +149,8 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       `score_intervals` gives 95% intervals over them.
     train_overrides: TrainConfig fields that override the preset's (e.g. {"train_steps": 50},
       {"select_on": "validation"} to pick each setting's best run on a held-out split).
+    retry_failed: runs recorded as failed (a crash, a non-finite loss) are trained again
+      (default); False keeps them as they are. Finished ok runs are never redone.
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     """
     preset = get_preset(preset)
@@ -155,8 +173,12 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         "train": json.loads(json.dumps(train_record)),
         "grid": [list(g) for g in grid], "is_mad_score": preset.is_mad})
     results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
-    results = results_table.read(results_path)
-    done = results_table.done_keys(results)
+    results = _read_results(results_path, out_dir, log)
+    done = results_table.done_keys(results, include_failed=not retry_failed)
+    failed_before = len(results_table.failed_keys(results)) if retry_failed else 0
+    if failed_before:
+        log(f"{failed_before} failed run(s) in {results_path} will be trained again "
+            "(retry_failed=False keeps them)")
 
     settings = plan(tasks, preset)
     work = []
@@ -203,6 +225,24 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     return results
 
 
+def _read_results(path: str, out_dir: str, log) -> pd.DataFrame:
+    """The results table; a damaged file is set aside and rebuilt from the settings' result.json
+    files, so nothing that finished is lost."""
+    try:
+        return results_table.read(path)
+    except results_table.ResultsError as e:
+        rows = results_table.rows_from_result_files(os.path.join(out_dir, "runs"))
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        if _writes():
+            os.replace(path, aside)
+        rebuilt = results_table.upsert(results_table.empty(), rows)
+        if _writes():
+            results_table.write(path, rebuilt)
+        log(f"warning: {e}; moved it to {aside} and rebuilt {len(rebuilt)} rows from the "
+            "settings' result.json files")
+        return rebuilt
+
+
 def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed, out_dir,
                  cache_dir, meter, label, setting_work, log) -> list[dict]:
     from mad_jax import tasks as tasks_lib
@@ -237,10 +277,6 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
                      error=message, grid_size=len(grid) * len(cfg.run_seeds))
                 for lr, wd in grid for s in cfg.run_seeds]
     meter.end_setting(setting_work)
-    if _writes():
-        atomic_write_json(os.path.join(run_dir, "result.json"),
-                          {"task": task, "setting": name, "setting_params": dict(setting),
-                           "preset": preset.name, "arch": arch, "runs": runs})
     rows = []
     for r in runs:
         rows.append(dict(common, **{k: r[k] for k in (
@@ -248,4 +284,8 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
             "final_test_acc_micro", "best_test_acc", "best_step", "test_loss", "final_val_acc",
             "final_val_acc_micro", "final_train_loss", "steps", "total_steps", "wall_time_s",
             "compile_time_s", "params", "grid_size", "error")}))
+    if _writes():  # the rows too: a damaged results.csv is rebuilt from these files
+        atomic_write_json(os.path.join(run_dir, "result.json"),
+                          {"task": task, "setting": name, "setting_params": dict(setting),
+                           "preset": preset.name, "arch": arch, "runs": runs, "rows": rows})
     return rows
