@@ -207,13 +207,16 @@ class RWKV6TimeMixer(_TimeMixerBase):
     def __call__(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
         dim = x_BxLxD.shape[-1]
         heads = self._heads(dim)
-        x_BxLxD = x_BxLxD.astype(self.dtype)
+        # The lerps run in float32 (the LoRA maps in the compute dtype): the corrections m start
+        # near 1e-6 and would vanish in a bf16 sum mu + m (ulp 2^-9 at 0.5). Under the
+        # reference's autocast the float32 parameter mu promotes that sum to float32 too.
+        x_BxLxD = x_BxLxD.astype(_F32)
         delta_BxLxD = token_shift(x_BxLxD) - x_BxLxD
         ramp = _channel_ramp(dim)
 
         def maa(name, mix_fn):  # weight on the previous token (the reference's `time_maa_*`)
             return self._param(name, _const_init(lambda shape: 1.0 - mix_fn(ramp)), (dim,),
-                               ("embed",)).astype(self.dtype)
+                               ("embed",)).astype(_F32)
 
         mu_x = maa("maa_x", lambda d: d)
         mus = [maa("maa_w", lambda d: d), maa("maa_k", lambda d: d), maa("maa_v", lambda d: d),
@@ -222,10 +225,11 @@ class RWKV6TimeMixer(_TimeMixerBase):
                               ("embed", None, None))
         b_FxRxD = self._param("maa_lora_b", _small_uniform, (_NUM_DDLERP, self.mix_lora_rank, dim),
                               (None, None, "embed"))
-        x_mix = x_BxLxD + delta_BxLxD * mu_x
+        x_mix = (x_BxLxD + delta_BxLxD * mu_x).astype(self.dtype)
         low_BxLxFxR = jnp.tanh(jnp.einsum("bld,dfr->blfr", x_mix, a_DxFxR.astype(self.dtype)))
-        m_FxBxLxD = jnp.einsum("blfr,frd->fbld", low_BxLxFxR, b_FxRxD.astype(self.dtype))
-        x_w, x_k, x_v, x_r, x_g = (x_BxLxD + delta_BxLxD * (mu + m_FxBxLxD[i])
+        m_FxBxLxD = jnp.einsum("blfr,frd->fbld", low_BxLxFxR,
+                               b_FxRxD.astype(self.dtype)).astype(_F32)
+        x_w, x_k, x_v, x_r, x_g = ((x_BxLxD + delta_BxLxD * (mu + m_FxBxLxD[i])).astype(self.dtype)
                                    for i, mu in enumerate(mus))
 
         r = self._project("receptance", x_r, heads)

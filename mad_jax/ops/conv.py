@@ -37,9 +37,11 @@ def causal_conv(x_BxLxD: jnp.ndarray, h_LhxD: jnp.ndarray, *, impl: str = "auto"
     if choice == "pallas":
         import pallas_kernels
 
-        h_LxD = _pad_filter(h_LhxD, x_BxLxD.shape[1])
+        h_LxD = _pad_filter(h_LhxD, x_BxLxD.shape[1]).astype(jnp.float32)
         try:
-            return pallas_kernels.causal_conv(x_BxLxD, h_LxD)
+            # float32 operands: a bfloat16 x would make the kernel round the filter to bfloat16.
+            y_BxLxD = pallas_kernels.causal_conv(x_BxLxD.astype(jnp.float32), h_LxD)
+            return y_BxLxD.astype(x_BxLxD.dtype)
         except pallas_kernels.UnsupportedShapeError:
             if forced:
                 raise
