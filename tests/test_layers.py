@@ -14,7 +14,7 @@ ALL_LAYERS = (
     "linear-attention", "mh-linear-attention", "gated-linear-attention",
     "mh-gated-linear-attention", "hyena", "mh-hyena", "hyena-experts", "mamba",
     "rwkv5-time-mixer", "rwkv5-channel-mixer", "rwkv6-time-mixer", "rwkv6-channel-mixer",
-    "mlp", "swiglu", "moe-mlp",
+    "mlp", "swiglu", "moe-mlp", "moe-mlp-paper",
 )
 
 
@@ -51,7 +51,8 @@ def test_layer_contract(name):
         y_changed = apply(params, x.at[:, t + 1:].set(noise))
         np.testing.assert_allclose(np.asarray(y_changed[:, : t + 1]), np.asarray(y[:, : t + 1]),
                                    atol=1e-5, rtol=1e-5, err_msg=f"{name} is not causal at t={t}")
-    if name not in ("mlp", "swiglu", "moe-mlp", "rwkv5-channel-mixer", "rwkv6-channel-mixer"):
+    if name not in ("mlp", "swiglu", "moe-mlp", "moe-mlp-paper", "rwkv5-channel-mixer",
+                    "rwkv6-channel-mixer"):
         # A sequence mixer must actually mix: the last output depends on the first input.
         y_first = apply(params, x.at[:, 0].set(x[:, 0] + 1.0))
         assert not np.allclose(np.asarray(y_first[:, -1]), np.asarray(y[:, -1]), atol=1e-6), \

@@ -1,4 +1,5 @@
-"""Layer-specific checks of `mlp`, `swiglu` and `moe-mlp`: sizes, math, init, routing, aux loss."""
+"""Layer-specific checks of `mlp`, `swiglu`, `moe-mlp` and `moe-mlp-paper`: sizes, math, init,
+routing, aux loss."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 from mad_jax import layers
 from mad_jax.layers.accounting import dense_flops
 from mad_jax.layers.moe import load_balancing_loss
+from mad_jax.layers.moe_paper import paper_routing_weights
 
 
 def _init(layer, dim=32, seq_len=5, batch=2, seed=0):
@@ -192,3 +194,82 @@ def test_moe_expert_init_uses_per_expert_fan_in():
     down = np.abs(np.asarray(params["w_down"])).max()
     assert 0.9 / np.sqrt(16) < down <= 1 / np.sqrt(16)
     np.testing.assert_array_equal(np.asarray(params["router_bias"]), 0.0)
+
+
+# ---- moe-mlp-paper ----
+
+def _paper_moe_params(dim, experts, width, use_bias=False):
+    """up and gate [D, E F], one dense down map [E F, D E], router [D, E] + [E], unread gates
+    [E, F]; biases of up/gate/down when used."""
+    biases = (2 * experts * width + dim * experts) if use_bias else 0
+    return (2 * dim * experts * width + experts * width * dim * experts + dim * experts + experts
+            + experts * width + biases)
+
+
+@pytest.mark.parametrize("dim,experts,active,width,use_bias", [(128, 8, 2, 16, False),
+                                                               (32, 4, 1, 8, True)])
+def test_moe_paper_param_count(dim, experts, active, width, use_bias):
+    layer = layers.make_layer("moe-mlp-paper", num_experts=experts, active_experts=active,
+                              expert_dim=width, use_bias=use_bias)
+    assert _count(layer, dim) == _paper_moe_params(dim, experts, width, use_bias)
+
+
+def test_paper_routing_zeroes_non_top_k_logits_before_the_softmax():
+    logits = np.array([[[2.0, -1.0, 0.5, 3.0]], [[-2.0, -3.0, -1.0, -4.0]]])
+    weights = np.asarray(paper_routing_weights(jnp.asarray(logits), 2))
+    kept = np.array([[[2.0, 0.0, 0.0, 3.0]], [[-2.0, 0.0, -1.0, 0.0]]])
+    np.testing.assert_allclose(weights, np.exp(kept) / np.exp(kept).sum(-1, keepdims=True),
+                               rtol=1e-6)
+    # Non-top-k experts keep weight exp(0) / Z: above the top two when those are negative.
+    assert weights[1, 0, 1] > weights[1, 0, 0]
+
+
+def test_moe_paper_matches_formula_and_sows_no_loss():
+    layer = layers.make_layer("moe-mlp-paper", num_experts=4, active_experts=2, expert_dim=8,
+                              use_bias=True)
+    params, x = _init(layer, dim=32, seq_len=6)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # non-zero biases
+    y, state = _moe_apply(layer, params, x)
+    assert "losses" not in state
+    x64 = np.asarray(x, np.float64)
+    w = {n: {k: np.asarray(v, np.float64) for k, v in params[n].items()}
+         for n in ("w_up", "w_gate", "w_down", "router")}
+    lin = lambda n, a: a @ w[n]["kernel"] + w[n]["bias"]  # noqa: E731
+    z = lin("w_down", lin("w_up", x64) * _gelu_tanh(lin("w_gate", x64))).reshape(2, 6, 32, 4)
+    logits = lin("router", x64)
+    kth = np.sort(logits, -1)[..., -2:-1]
+    kept = np.where(logits < kth, 0.0, logits)
+    weights = np.exp(kept) / np.exp(kept).sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(y), (z * weights[:, :, None, :]).sum(-1),
+                               rtol=1e-5, atol=1e-6)
+    (sown,) = state["intermediates"]["routing_weights"]
+    np.testing.assert_allclose(np.asarray(sown), weights, rtol=1e-5, atol=1e-7)
+
+
+def test_moe_paper_init_and_unread_gates():
+    layer = layers.make_layer("moe-mlp-paper")
+    params, x = _init(layer, dim=128)
+    down = np.abs(np.asarray(params["w_down"]["kernel"]))
+    assert 0.9 / np.sqrt(128) < down.max() <= 1 / np.sqrt(128)  # fan-in E F = 128
+    np.testing.assert_array_equal(np.asarray(params["router"]["bias"]), 0.0)
+    assert 0.8 < np.asarray(params["gates"]).std() < 1.2  # N(0, 1), as torch.randn
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x) ** 2)))(params)
+    np.testing.assert_array_equal(np.asarray(grads["gates"]), 0.0)
+    assert np.any(np.asarray(grads["router"]["kernel"]) != 0)
+
+
+def test_moe_paper_flops_count_the_dense_computation():
+    layer = layers.make_layer("moe-mlp-paper")
+    L, D, E, F = 10, 128, 8, 16
+    expected = (2 * dense_flops(L, D, E * F) + dense_flops(L, E * F, D * E) + 2 * L * E * F
+                + dense_flops(L, D, E) + 2 * L * E + 2 * L * D * E)
+    assert layer.flops(dim=D, seq_len=L) == expected
+    assert layer.state_size(dim=D, seq_len=L) == 0
+
+
+def test_moe_paper_bfloat16_compute_keeps_routing_in_float32():
+    layer = layers.make_layer("moe-mlp-paper", dtype=jnp.bfloat16)
+    params, x = _init(layer, dim=128, seq_len=4)
+    y, state = _moe_apply(layer, params, x)
+    assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
+    assert state["intermediates"]["routing_weights"][0].dtype == jnp.float32

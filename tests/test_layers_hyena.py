@@ -63,8 +63,10 @@ def ref_positional_features(seq_len, emb_dim):
     return np.concatenate([t, z.real, z.imag], axis=-1), t
 
 
-def ref_filter(p, seq_len, channels, emb_dim=3, num_inner=2):
-    z, t = ref_positional_features(seq_len, emb_dim)
+def ref_filter(p, seq_len, channels, num_inner=2):
+    """The reference's HyenaFilter on our parameters: z and t sliced to the call's length."""
+    z = np.asarray(p["z"], np.float64)[:seq_len]
+    t = np.linspace(0, 1, p["z"].shape[0])[:seq_len, None]
     freq = np.asarray(p["sin_freq"], np.float64)
     h = np.sin(freq * (z @ p["in"]["kernel"] + p["in"]["bias"]))
     for i in range(num_inner):
@@ -171,14 +173,20 @@ def test_implicit_filter_shape_any_length(seq_len):
     h = filt.apply(variables, seq_len)
     assert h.shape == (seq_len, 24) and h.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(h)))
+    assert nn.unbox(variables["params"]["z"]).shape == (seq_len, 3)  # no max_length: init length
 
 
 def test_implicit_filter_params_and_matches_reference():
-    filt = ImplicitFilter(40, ffn_width=6, emb_dim=5)
+    filt = ImplicitFilter(40, max_length=32, ffn_width=6, emb_dim=5)
     p = nn.unbox(filt.init(jax.random.key(3), 32)["params"])
-    assert _count(p) == implicit_filter_params(40, 6, emb_dim=5) == 6 + 6 * 6 + 2 * 7 * 6 + 6 * 40
-    np.testing.assert_allclose(np.asarray(filt.apply({"params": p}, 32)),
-                               ref_filter(p, 32, 40, emb_dim=5), rtol=1e-4, atol=1e-6)
+    assert (_count(p) == implicit_filter_params(40, 6, max_length=32, emb_dim=5)
+            == 32 * 5 + 6 + 6 * 6 + 2 * 7 * 6 + 6 * 40)
+    # z starts as the reference's PositionalEmbedding at horizon max_length.
+    np.testing.assert_allclose(np.asarray(p["z"]), ref_positional_features(32, 5)[0], atol=1e-6)
+    # z is a trained parameter: the filter follows it (oracle on perturbed z, shorter call).
+    p = {**p, "z": p["z"] + 0.3 * _x(p["z"].shape, seed=4)}
+    np.testing.assert_allclose(np.asarray(filt.apply({"params": p}, 20)),
+                               ref_filter(p, 20, 40), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -195,24 +203,29 @@ def test_implicit_filter_decays(seed):
     assert h[-1].mean() < 0.1 * g[-1].mean()
 
 
-def test_implicit_filter_horizon_gives_prefix_consistent_filters():
-    filt = ImplicitFilter(8, ffn_width=4)
-    variables = filt.init(jax.random.key(0), 16)
-    full = np.asarray(filt.apply(variables, 32, 32))
+@pytest.mark.parametrize("max_length", [None, 32])
+def test_implicit_filter_shorter_calls_are_prefixes_and_longer_ones_errors(max_length):
+    filt = ImplicitFilter(8, max_length=max_length, ffn_width=4)
+    variables = filt.init(jax.random.key(0), 32)  # without max_length, z takes the init length
+    assert nn.unbox(variables["params"]["z"]).shape == (32, 3)
+    full = np.asarray(filt.apply(variables, 32))
     # atol at float32 resolution of the filter's scale, for taps that cross zero.
-    np.testing.assert_allclose(np.asarray(filt.apply(variables, 11, 32)), full[:11], rtol=1e-6,
+    np.testing.assert_allclose(np.asarray(filt.apply(variables, 11)), full[:11], rtol=1e-6,
                                atol=1e-6 * np.abs(full).max())
+    with pytest.raises(ValueError, match="exceeds the Hyena filter's max_length 32"):
+        filt.apply(variables, 33)
 
 
 # ---------------------------------------------------------------------------------------------
 # Hyena
 
 
-def hyena_params(dim, order=2, inner_factor=4, groups=4, k=3, width=4, emb=3):
+def hyena_params(dim, max_length, order=2, inner_factor=4, groups=4, k=3, width=4, emb=3):
     inner = inner_factor * dim
     proj = (order + 1) * inner // groups
     return (dim * proj + proj                                  # in_proj
             + (order + 1) * inner * (k + 1)                    # short filter
+            + max_length * emb                                 # filter positional embedding z
             + width + (emb + 1) * width + 2 * (width + 1) * width + width * (order - 1) * inner
             + (order - 1) * inner                              # skip D
             + inner * dim + dim)                               # out_proj
@@ -221,13 +234,12 @@ def hyena_params(dim, order=2, inner_factor=4, groups=4, k=3, width=4, emb=3):
 @pytest.mark.parametrize("config,dim", [({}, 128), ({"order": 3, "inner_factor": 2,
                                                     "proj_groups": 1, "filter_order": 8}, 32)])
 def test_hyena_param_count(config, dim):
-    layer = layers.make_layer("hyena", **config)
+    layer = layers.make_layer("hyena", max_length=24, **config)
     p = _init(layer, _x((1, 8, dim)))
     kw = {"order": config.get("order", 2), "inner_factor": config.get("inner_factor", 4),
           "groups": config.get("proj_groups", 4), "width": config.get("filter_order", 4)}
-    assert _count(p) == hyena_params(dim, **kw)
-    if not config:
-        assert _count(p) == 123_964
+    assert _count(p) == hyena_params(dim, 24, **kw)
+    assert p["filter"]["z"].shape == (24, 3)
 
 
 def test_hyena_default_config_and_state_size():
@@ -241,9 +253,10 @@ def test_hyena_default_config_and_state_size():
 
 
 def test_hyena_matches_reference_operator():
-    layer = layers.make_layer("hyena", kernel_impl="xla")
+    layer = layers.make_layer("hyena", kernel_impl="xla", max_length=16)
     x = _x((2, 12, 128))
     p = _init(layer, x)
+    p = {**p, "filter": {**p["filter"], "z": p["filter"]["z"] + 0.2 * _x((16, 3), seed=6)}}
     y, inter, _ = _run(layer, p, x)
     uc = ref_in_short(p, x, groups=4)
     np.testing.assert_allclose(np.asarray(inter["short_filter"]["__call__"][0]), uc,
@@ -286,11 +299,11 @@ def test_hyena_rejects_bad_groups():
 # multi-head Hyena
 
 
-def mh_hyena_params(dim, heads=16, inner_factor=1, groups=4, k=3, width=2, emb=3):
+def mh_hyena_params(dim, max_length, heads=16, inner_factor=1, groups=4, k=3, width=2, emb=3):
     inner = inner_factor * dim
     proj = 3 * inner // groups
     return (dim * proj + proj + 3 * inner * (k + 1)
-            + width + (emb + 1) * width + 2 * (width + 1) * width + width * heads
+            + max_length * emb + width + (emb + 1) * width + 2 * (width + 1) * width + width * heads
             + heads + inner * dim + dim)
 
 
@@ -301,9 +314,7 @@ def test_mh_hyena_param_count(config, dim):
     p = _init(layer, _x((1, 8, dim)))
     kw = {"heads": config.get("num_heads", 16), "inner_factor": config.get("inner_factor", 1),
           "groups": config.get("proj_groups", 4), "width": config.get("filter_order", 2)}
-    assert _count(p) == mh_hyena_params(dim, **kw)
-    if not config:
-        assert _count(p) == 30_502
+    assert _count(p) == mh_hyena_params(dim, 8, **kw)
 
 
 def test_mh_hyena_default_config_and_state_size():
@@ -316,7 +327,7 @@ def test_mh_hyena_default_config_and_state_size():
 @pytest.mark.parametrize("num_heads", [8, 16])
 def test_mh_hyena_matches_reference_fftconv_heads(num_heads):
     """Our heads of width d = I / H are the reference's fftconv_heads groups with head_dim = d."""
-    layer = layers.make_layer("mh-hyena", num_heads=num_heads, kernel_impl="xla")
+    layer = layers.make_layer("mh-hyena", num_heads=num_heads, kernel_impl="xla", max_length=13)
     x = _x((2, 10, 128))
     p = _init(layer, x)
     y, inter, _ = _run(layer, p, x)
@@ -333,10 +344,11 @@ def test_mh_hyena_matches_reference_fftconv_heads(num_heads):
 # Hyena experts
 
 
-def experts_params(dim, experts=8, width=16, order=2, k=3, fw=16, emb=3):
+def experts_params(dim, max_length, experts=8, width=16, order=2, k=3, fw=16, emb=3):
     total = (order + 1) * experts * width
     return (dim * total + total + total * (k + 1)
-            + fw + (emb + 1) * fw + 2 * (fw + 1) * fw + fw * (order - 1) * experts * width
+            + max_length * emb + fw + (emb + 1) * fw + 2 * (fw + 1) * fw
+            + fw * (order - 1) * experts * width
             + (order - 1) * experts * width
             + dim * experts + experts + width * dim + dim)
 
@@ -344,13 +356,11 @@ def experts_params(dim, experts=8, width=16, order=2, k=3, fw=16, emb=3):
 @pytest.mark.parametrize("config,dim", [({}, 128), ({"num_experts": 4, "active_experts": 1,
                                                     "expert_width": 8, "filter_order": 4}, 32)])
 def test_hyena_experts_param_count(config, dim):
-    layer = layers.make_layer("hyena-experts", **config)
+    layer = layers.make_layer("hyena-experts", max_length=20, **config)
     p = _init(layer, _x((1, 8, dim)))
     kw = {"experts": config.get("num_experts", 8), "width": config.get("expert_width", 16),
           "fw": config.get("filter_order", 16)}
-    assert _count(p) == experts_params(dim, **kw)
-    if not config:
-        assert _count(p) == 57_080
+    assert _count(p) == experts_params(dim, 20, **kw)
 
 
 def test_hyena_experts_state_size():
@@ -411,6 +421,38 @@ def test_hyena_experts_sows_positive_aux_loss():
     skewed = jnp.zeros((1, 8, 8)).at[..., :2].set(5.0)
     _, idx_skew = top_k_gates(skewed, 2)
     assert float(load_balancing_loss(skewed, idx_skew)) > 3.0
+
+
+def ref_paper_routing(logits, k):
+    """The reference's routing: logits below the k-th largest set to 0, softmax over all."""
+    kth = np.sort(logits, axis=-1)[..., -k][..., None]
+    kept = np.where(logits < kth, 0.0, logits)
+    e = np.exp(kept - kept.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_hyena_experts_paper_routing_matches_reference_operator():
+    layer = layers.make_layer("hyena-experts", routing="paper", kernel_impl="xla", max_length=12)
+    x = _x((2, 12, 128))
+    p = _init(layer, x)
+    p = {**p, "router": {**p["router"], "bias": 0.3 * _x((8,), seed=2)}}
+    y, inter, losses = _run(layer, p, x)
+    assert not losses  # the reference has no balancing loss
+    logits = np.asarray(x, np.float64) @ p["router"]["kernel"] + p["router"]["bias"]
+    weights = ref_paper_routing(logits, 2)
+    assert np.all(weights > 0)  # every expert keeps a share, unlike top-k routing
+    uc = ref_in_short(p, x, groups=1).transpose(0, 2, 1)
+    x0, x1, v = np.split(uc, 3, axis=1)
+    h = ref_filter(p["filter"], 12, 128)
+    yy = (ref_fftconv(v * x1, h.T, np.asarray(p["bias"], np.float64)) * x0).transpose(0, 2, 1)
+    mixed = (yy.reshape(2, 12, 16, 8) * weights[:, :, None, :]).sum(-1)  # channel = d * E + e
+    np.testing.assert_allclose(y, ref_out(p, mixed), rtol=1e-4, atol=1e-4)
+
+
+def test_hyena_experts_rejects_unknown_routing():
+    with pytest.raises(ValueError, match="unknown routing 'softmax'"):
+        layers.make_layer("hyena-experts", routing="softmax").init(jax.random.key(0),
+                                                                   _x((1, 4, 32)))
 
 
 def test_hyena_experts_gradient_reaches_router():

@@ -1,4 +1,6 @@
 """Backbones, the hybrid builder and whole-model accounting."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -154,3 +156,89 @@ def test_two_layer_hybrid_trains_and_loss_drops():
         params, opt_state, loss = step(params, opt_state)
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _param_shapes(model, length):
+    tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+    return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
+
+
+def test_block_gives_layers_the_model_max_length():
+    """The Hyena filter's positional embedding has max_length rows, not the input's length."""
+    model = models.build("hyena", vocab_size=8, max_length=12, dim=16)
+    params = _param_shapes(model, 9)
+    assert params["encoder"]["block_0"]["mixer"]["filter"]["z"].shape == (12, 3)
+    model = models.build("hyena", vocab_size=8, max_length=12, dim=16,
+                         layer_configs={"hyena": {"max_length": 20}})  # a user override wins
+    assert _param_shapes(model, 9)["encoder"]["block_0"]["mixer"]["filter"]["z"].shape == (20, 3)
+
+
+# Measured from the PyTorch reference (athms/mad-lab: `MADModelConfig(...)
+# .build_model_from_registry()` and its layer classes with configs/layers/*.yml, dim 128, max_length 128, vocab 16, LayerNorm).
+# The reference's `moe-mlp` is our `moe-mlp-paper`; its `mh-hyena` runs 8 heads of width 16, our
+# `mh-hyena` with num_heads=8 (16 heads, the default, has 24 more filter parameters).
+REFERENCE_LAYER_PARAMS = {"hyena": 124_348, "mh-hyena": 30_862, "hyena-experts": 57_464,
+                          "moe-mlp-paper": 165_000, "swiglu": 135_168}
+REFERENCE_MODEL_PARAMS = {"language-model": 518_490, "autoencoder": 552_026}
+REFERENCE_HYBRID = ["hyena", "moe-mlp-paper", "mh-hyena", "hyena-experts", "swiglu"]
+REFERENCE_CONFIGS = {"mh-hyena": {"num_heads": 8}}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_LAYER_PARAMS))
+def test_layer_parameter_counts_match_the_reference(name):
+    model = models.build(name, vocab_size=16, max_length=128,
+                         layer_configs={k: v for k, v in REFERENCE_CONFIGS.items() if k == name})
+    mixer = _param_shapes(model, 127)["encoder"]["block_0"]["mixer"]
+    assert models.count_params(mixer) == REFERENCE_LAYER_PARAMS[name]
+
+
+@pytest.mark.parametrize("backbone", sorted(REFERENCE_MODEL_PARAMS))
+def test_backbone_parameter_counts_match_the_reference(backbone):
+    model = models.build(REFERENCE_HYBRID, vocab_size=16, max_length=128, backbone=backbone,
+                         layer_configs=REFERENCE_CONFIGS)
+    length = 128 if backbone == "autoencoder" else 127
+    assert models.count_params(_param_shapes(model, length)) == REFERENCE_MODEL_PARAMS[backbone]
+
+
+@functools.lru_cache(maxsize=None)
+def _init_params(backbone):
+    model = models.build("hyena swiglu", vocab_size=16, max_length=32, dim=64, backbone=backbone)
+    return nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 32), jnp.int32))["params"])
+
+
+def _is_torch_uniform(w, fan_in):
+    bound = 1 / np.sqrt(fan_in)
+    return np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+
+
+def test_language_model_init_is_the_reference():
+    params = _init_params("language-model")
+    assert abs(float(np.std(params["encoder"]["embed"]["tokens"]["embedding"])) - 0.02) < 0.003
+    unembed = params["unembed"]["proj"]
+    assert _is_torch_uniform(np.asarray(unembed["kernel"]), 64)  # nn.Linear's default
+    np.testing.assert_array_equal(np.asarray(unembed["bias"]), 0.0)
+    mixer = params["encoder"]["block_0"]["mixer"]
+    assert _is_torch_uniform(np.asarray(mixer["in_proj"]["kernel"]), 64)
+    assert _is_torch_uniform(np.asarray(params["encoder"]["block_1"]["mixer"]["w3"]["kernel"]), 176)
+    for norm in (params["encoder"]["block_0"]["norm"], params["unembed"]["norm"]):
+        np.testing.assert_array_equal(np.asarray(norm["scale"]), 1.0)
+        np.testing.assert_array_equal(np.asarray(norm["bias"]), 0.0)
+
+
+def test_autoencoder_redraws_every_linear_weight_from_normal_002():
+    """The reference autoencoder's `_init_weights` runs over all modules, the layers' Linears
+    included; convolutions, the skip D and the filter's positional embedding keep their init."""
+    params = _init_params("autoencoder")
+    lm = _init_params("language-model")
+    hyena, swiglu = (params["encoder"][f"block_{i}"]["mixer"] for i in (0, 1))
+    linears = [hyena["in_proj"]["kernel"], hyena["out_proj"]["kernel"],
+               hyena["filter"]["out"]["kernel"], swiglu["w1"]["kernel"], swiglu["w3"]["kernel"],
+               params["decoder"]["dense_0"]["kernel"], params["decoder"]["dense_1"]["kernel"],
+               params["unembed"]["proj"]["kernel"]]
+    for w in linears:
+        w = np.asarray(w)
+        assert abs(w.std() - 0.02) < 0.004 and np.abs(w).max() > 2.5 * 0.02  # normal, not uniform
+    lm_hyena = lm["encoder"]["block_0"]["mixer"]
+    for keep in (lambda p: p["short_filter"]["kernel"], lambda p: p["filter"]["z"],
+                 lambda p: p["bias"]):
+        np.testing.assert_array_equal(np.asarray(keep(hyena)), np.asarray(keep(lm_hyena)))

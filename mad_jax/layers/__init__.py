@@ -14,5 +14,6 @@ from mad_jax.layers import mamba  # noqa: F401,E402
 from mad_jax.layers import rwkv  # noqa: F401,E402
 from mad_jax.layers import channel_mixers  # noqa: F401,E402
 from mad_jax.layers import moe  # noqa: F401,E402
+from mad_jax.layers import moe_paper  # noqa: F401,E402
 
 __all__ = ["LAYERS", "LayerSpec", "get_layer_spec", "make_layer", "register_layer"]

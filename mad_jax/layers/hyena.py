@@ -18,8 +18,9 @@ output is q_t contracted with the result: y_t = q_t^T (sum_{s<=t} h[t-s] k_s val
 value_t^T), a linear-attention-like map whose "attention" is a learned long filter.
 
 Initialisation follows the reference: Linear weights U(+-1/sqrt(fan_in)) with zero biases (the
-reference backbone zeroes Linear biases), the short filter like PyTorch's Conv1d, the skip D from
-N(0, 1) (`torch.randn`).
+reference backbone zeroes Linear biases; its autoencoder re-draws the Linear weights, see
+`initializers`), the short filter like PyTorch's Conv1d, the skip D from N(0, 1) (`torch.randn`),
+the filter's positional embedding as `hyena_filter` describes.
 """
 from __future__ import annotations
 
@@ -107,10 +108,10 @@ class _HyenaBase(nn.Module):
     def long_filter(self, dim: int, seq_len: int) -> tuple[jnp.ndarray, jnp.ndarray]:
         """The implicit long filter h [L, C] and skip D [C] (float32), C = filter_channels(dim)."""
         channels = self.filter_channels(dim)
-        h_LxC = ImplicitFilter(channels, ffn_width=self.filter_order, emb_dim=self.filter_emb_dim,
-                               num_inner=self.filter_num_inner, sin_freq=self.filter_sin_freq,
-                               param_dtype=self.param_dtype, name="filter")(seq_len,
-                                                                            self.max_length)
+        h_LxC = ImplicitFilter(channels, max_length=self.max_length, ffn_width=self.filter_order,
+                               emb_dim=self.filter_emb_dim, num_inner=self.filter_num_inner,
+                               sin_freq=self.filter_sin_freq, param_dtype=self.param_dtype,
+                               name="filter")(seq_len)
         bias_C = self.param("bias", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                  ("mlp",)),
                             (channels,), self.param_dtype)
@@ -139,7 +140,8 @@ class Hyena(_HyenaBase):
       short_filter_order: length of the explicit short filter (3);
       filter_order: hidden width of the implicit filter's FFN (4); filter_emb_dim: its positional
       features (3); filter_num_inner: its hidden layers (2); filter_sin_freq: Sin init (1);
-      max_length: horizon the filter's positions are normalised by (None: the call's length);
+      max_length: length of the filter's trainable positional embedding, which its positions are
+      normalised by; the backbone sets the model's max_length (None: the length at init);
       kernel_impl: passed to `mad_jax.ops.causal_conv`.
     """
 

@@ -7,22 +7,25 @@ their outputs:
   2. the Hyena recurrence (`hyena.hyena_recurrence`) with one implicit long filter and skip per
      channel, from one filter network with E d (N-1) output channels (filter FFN width 16);
   3. channel c belongs to expert c mod E (inner index c // E), as the reference's
-     `y.reshape(..., dim_inner, num_experts)`; the router r = u W_r + b_r [E] keeps the top-k
-     experts per token and weights them by the softmax of their k logits (renormalised top-k);
+     `y.reshape(..., dim_inner, num_experts)`; the router r = u W_r + b_r [E] weights the
+     experts: by default (`routing="top-k"`) it keeps the top-k experts per token, weighted by
+     the softmax of their k logits (renormalised top-k);
   4. the mixed d-wide output goes through one output projection d -> D shared by the experts.
 Each expert therefore owns its projection columns, short filters, long filters and skips; the
 filter network's hidden layers and the output projection are shared, as in the reference.
 
-A Switch/GShard load-balancing loss is sown as ("losses", "aux_loss"):
+With top-k routing a Switch/GShard load-balancing loss is sown as ("losses", "aux_loss"):
   aux_loss_coef * E * sum_e f_e P_e, with f_e the fraction of (token, slot) routing assignments
 that went to expert e and P_e the router's mean softmax probability for e; it equals the
 coefficient under perfectly uniform routing and grows as routing collapses.
 
-Deviations from the reference: (a) the reference zeroes the non-top-k *logits* and then takes a
-softmax over all E experts, so every expert keeps a non-zero weight (exp(0) / Z); here non-top-k
-experts get weight exactly 0 and the top-k weights sum to 1, which is what top-k routing means;
-(b) the reference has no load-balancing loss. All experts are still evaluated for every token
-(they are small and their FFT convolutions are batched), so FLOPs count all E experts.
+`routing="paper"` routes as the MAD paper's code computes it (`moe_paper.paper_routing_weights`):
+the non-top-k *logits* are set to 0 and a softmax is taken over all E experts, so every expert
+keeps a non-zero weight (exp(0) / Z), and no balancing loss is sown (the reference has none).
+The default differs from the reference there, because non-top-k experts with weight exactly 0
+and top-k weights summing to 1 is what top-k routing means. Every other part, parameters
+included, is the reference's. All experts are evaluated for every token either way (they are
+small and their FFT convolutions are batched), so FLOPs count all E experts.
 """
 from __future__ import annotations
 
@@ -36,8 +39,12 @@ from mad_jax.layers.accounting import dense_flops, fft_conv_flops
 from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.hyena import dense, hyena_recurrence
 from mad_jax.layers.hyena_filter import ImplicitFilter, implicit_filter_flops
+from mad_jax.layers.moe_paper import paper_routing_weights
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.short_conv import ShortConv, short_conv_flops, short_conv_state
+
+
+ROUTINGS = ("top-k", "paper")
 
 
 def top_k_gates(logits_BxLxE: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -70,7 +77,9 @@ class HyenaExperts(nn.Module):
       num_experts E (8), active_experts k (2), expert_width d (16, the reference's `dim_inner`),
       order N (2), short_filter_order (3), filter_order: FFN width of the implicit filter (16),
       filter_emb_dim / filter_num_inner / filter_sin_freq / max_length as in `Hyena`,
-      aux_loss_coef: scale of the sown load-balancing loss (0.01),
+      routing: "top-k" (renormalised top-k, with the balancing loss) or "paper" (the MAD
+        paper code's softmax over all experts with the non-top-k logits zeroed, no loss),
+      aux_loss_coef: scale of the sown load-balancing loss under top-k routing (0.01),
       kernel_impl: passed to `mad_jax.ops.causal_conv`.
     """
 
@@ -84,6 +93,7 @@ class HyenaExperts(nn.Module):
     filter_num_inner: int = 2
     filter_sin_freq: float = 1.0
     max_length: int | None = None
+    routing: str = "top-k"
     aux_loss_coef: float = 0.01
     kernel_impl: str = "auto"
     dtype: Any = jnp.float32
@@ -95,6 +105,8 @@ class HyenaExperts(nn.Module):
         if not 1 <= self.active_experts <= self.num_experts:
             raise ValueError(f"active_experts must be in [1, {self.num_experts}], "
                              f"got {self.active_experts}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {self.routing!r}; valid: {', '.join(ROUTINGS)}")
         return self.num_experts * self.expert_width
 
     @nn.compact
@@ -108,10 +120,10 @@ class HyenaExperts(nn.Module):
         *gates, v_BxLxW = jnp.split(u_BxLxT, self.order + 1, axis=-1)
 
         channels = (self.order - 1) * width
-        h_LxC = ImplicitFilter(channels, ffn_width=self.filter_order, emb_dim=self.filter_emb_dim,
-                               num_inner=self.filter_num_inner, sin_freq=self.filter_sin_freq,
-                               param_dtype=self.param_dtype, name="filter")(seq_len,
-                                                                            self.max_length)
+        h_LxC = ImplicitFilter(channels, max_length=self.max_length, ffn_width=self.filter_order,
+                               emb_dim=self.filter_emb_dim, num_inner=self.filter_num_inner,
+                               sin_freq=self.filter_sin_freq, param_dtype=self.param_dtype,
+                               name="filter")(seq_len)
         bias_C = self.param("bias", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                  ("mlp",)),
                             (channels,), self.param_dtype)
@@ -124,9 +136,12 @@ class HyenaExperts(nn.Module):
                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
                           name="router")
         logits_BxLxE = router(x_BxLxD.astype(jnp.float32))
-        gates_BxLxE, idx_BxLxK = top_k_gates(logits_BxLxE, self.active_experts)
-        self.sow("losses", "aux_loss",
-                 self.aux_loss_coef * load_balancing_loss(logits_BxLxE, idx_BxLxK))
+        if self.routing == "paper":
+            gates_BxLxE = paper_routing_weights(logits_BxLxE, self.active_experts)
+        else:
+            gates_BxLxE, idx_BxLxK = top_k_gates(logits_BxLxE, self.active_experts)
+            self.sow("losses", "aux_loss",
+                     self.aux_loss_coef * load_balancing_loss(logits_BxLxE, idx_BxLxK))
 
         mixed_BxLxDe = jnp.einsum("blde,ble->bld", y_BxLxDexE.astype(jnp.float32), gates_BxLxE)
         return dense(self, dim, ("mlp", "embed"), "out_proj")(mixed_BxLxDe.astype(self.dtype))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from mad_jax import ops
 from mad_jax.layers import accounting
 from mad_jax.layers.dense import DenseGeneral
-from mad_jax.layers.initializers import torch_linear_init
+from mad_jax.layers.initializers import linear_weight, torch_linear_init
 from mad_jax.layers.registry import register_layer
 
 _FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")
@@ -204,8 +204,9 @@ class GatedLinearAttention(nn.Module):
         dim = x_BxLxD.shape[-1]
         head_k, head_v = _split_dims(dim, self.num_heads, self.expand_k, self.expand_v)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        # Xavier uniform with gain 2**-2.5, as the reference's reset_parameters.
-        init = nn.initializers.variance_scaling(2.0 ** -5, "fan_avg", "uniform")
+        # Xavier uniform with gain 2**-2.5, as the reference's reset_parameters (marked Linear:
+        # the autoencoder backbone re-draws it, as the reference's does).
+        init = linear_weight(nn.initializers.variance_scaling(2.0 ** -5, "fan_avg", "uniform"))
         q_BxLxHxK = _heads_in((self.num_heads, head_k), init, name="q_proj", **kw)(x_BxLxD)
         k_BxLxHxK = _heads_in((self.num_heads, head_k), init, name="k_proj", **kw)(x_BxLxD)
         v_BxLxHxV = _heads_in((self.num_heads, head_v), init, name="v_proj", **kw)(x_BxLxD)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
-from mad_jax.layers.initializers import torch_linear_init
+from mad_jax.layers.initializers import linear_bias, linear_weight, torch_linear_init
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.short_conv import ShortConv, short_conv_flops, short_conv_state
 
@@ -115,9 +115,10 @@ class Mamba(nn.Module):
         dt_BxLxR, b_BxLxN, c_BxLxN = jnp.split(dbc_BxLxP, [rank, rank + self.d_state], axis=-1)
         dt_std = self.dt_scale * rank ** -0.5
         dt_proj = self._dense(inner, (None, "mlp"), "dt_proj", True,
-                              kernel_init=_symmetric_uniform(dt_std),
-                              bias_init=dt_bias_init(self.dt_min, self.dt_max,
-                                                     self.dt_init_floor),
+                              # Linear inits: the autoencoder re-draws them, as the reference's
+                              kernel_init=linear_weight(_symmetric_uniform(dt_std)),
+                              bias_init=linear_bias(dt_bias_init(self.dt_min, self.dt_max,
+                                                                 self.dt_init_floor)),
                               dtype=f32)
         dt_BxLxI = jax.nn.softplus(dt_proj(dt_BxLxR.astype(f32)))
 

@@ -12,7 +12,8 @@ with f_e the fraction of the T*k (token, slot) assignments that go to expert e a
 router probability of e over the T tokens, is 1.0 for perfectly balanced routing; the layer sows
 `aux_loss_coef * aux` under ("losses", "aux_loss").
 
-Deviations from the reference, where its code does not do what it describes:
+Deviations from the reference, where its code does not do what it describes (`moe-mlp-paper`,
+in `moe_paper.py`, computes what the reference's code does, with its parameter count):
   * routing: the reference zeroes the non-top-k *logits* and then softmaxes over all E, so every
     expert keeps a nonzero weight; here non-top-k experts get exactly zero weight;
   * its down projection is one dense [E*F, E*D] matrix (every expert's output reads every expert's

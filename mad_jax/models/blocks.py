@@ -12,14 +12,17 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 def make_norm(norm: str, *, dtype: Any, param_dtype: Any, name: str | None = None) -> nn.Module:
-    """LayerNorm (default, as the reference's model config) or RMSNorm; statistics in float32."""
+    """LayerNorm (default, as the reference's model config) or RMSNorm; statistics in float32.
+
+    Both with the reference's epsilon 1e-5 (torch.nn.LayerNorm's and its RMSNorm's default).
+    """
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
     if norm == "layernorm":
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
         return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
                             bias_init=bias_init, use_fast_variance=False, name=name)
     if norm == "rmsnorm":
-        return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+        return nn.RMSNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
                           name=name)
     raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
 
@@ -31,11 +34,15 @@ class Block(nn.Module):
       layer: registered layer name.
       overrides: (key, value) pairs that update the layer's default config.
       norm: "layernorm" or "rmsnorm".
+      max_length: the model's longest input; given, like dtype and param_dtype, to a layer that
+        has a field of that name (the Hyena filters size their positional embedding by it, as
+        the reference's layers are built with the model's max_length), unless overridden.
     """
 
     layer: str
     overrides: tuple[tuple[str, Any], ...] = ()
     norm: str = "layernorm"
+    max_length: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -44,7 +51,7 @@ class Block(nn.Module):
         spec = registry.get_layer_spec(self.layer)
         config = {**spec.config, **dict(self.overrides)}
         fields = getattr(spec.module, "__dataclass_fields__", {})
-        for key in ("dtype", "param_dtype"):
+        for key in ("dtype", "param_dtype", "max_length"):
             if key in fields and key not in dict(self.overrides):
                 config[key] = getattr(self, key)
         mixer = spec.module(**config, name="mixer")

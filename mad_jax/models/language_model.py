@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.models.blocks import Block, make_norm
 from mad_jax.models.positions import sincos_positions
 
@@ -27,6 +28,9 @@ class Embed(nn.Module):
         init = nn.with_logical_partitioning(nn.initializers.normal(EMBED_INIT_STD), ("vocab", "embed"))
         x_BxLxD = nn.Embed(self.vocab_size, self.dim, embedding_init=init, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="tokens")(tokens_BxL)
+        # The residual stream stays float32 under bf16 compute, as under the reference's
+        # autocast: blocks add their bf16 outputs into it, so small updates are not rounded away.
+        x_BxLxD = x_BxLxD.astype(jnp.promote_types(self.dtype, jnp.float32))
         if self.position_embedding == "sincos":
             x_BxLxD = x_BxLxD + sincos_positions(tokens_BxL.shape[1], self.dim).astype(x_BxLxD.dtype)
         elif self.position_embedding != "none":
@@ -35,7 +39,11 @@ class Embed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """Final norm and linear map to vocabulary logits (float32): [B, L, D] -> [B, L, V]."""
+    """Final norm and linear map to vocabulary logits (float32): [B, L, D] -> [B, L, V].
+
+    The map starts as the reference's `nn.Linear`: weight U(+-1/sqrt(D)), bias zero (the backbone
+    zeroes Linear biases); the autoencoder re-draws the weight (see `autoencoder`).
+    """
 
     vocab_size: int
     norm: str = "layernorm"
@@ -47,7 +55,7 @@ class Unembed(nn.Module):
         h_BxLxD = make_norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x_BxLxD)
         logits_BxLxV = nn.Dense(
             self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+            kernel_init=nn.with_logical_partitioning(torch_linear_init(), ("embed", "vocab")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(h_BxLxD)
         return logits_BxLxV.astype(jnp.float32)
 
@@ -78,8 +86,9 @@ class Encoder(nn.Module):
                         dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(tokens_BxL)
         overrides = dict(self.layer_overrides)
         for i, name in enumerate(self.layers):
-            x_BxLxD = Block(name, overrides.get(name, ()), self.norm, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name=f"block_{i}")(x_BxLxD)
+            x_BxLxD = Block(name, overrides.get(name, ()), self.norm, self.max_length,
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            name=f"block_{i}")(x_BxLxD)
         return x_BxLxD
 
 
