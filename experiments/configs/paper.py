@@ -34,7 +34,8 @@ ARCHITECTURES = {
     "hyena": ("hyena swiglu hyena swiglu",
               "the reference README's protocol example"),
     "mh-hyena": ("mh-hyena swiglu mh-hyena swiglu",
-                 "multi-head Hyena (the paper's state expansion of Hyena)"),
+                 "multi-head Hyena (the paper's state expansion of Hyena); ours runs 16 heads "
+                 "of width 8, the reference's code 8 of width 16 (README layer table)"),
     "mamba": ("mamba swiglu mamba swiglu", "Mamba sequence mixers with SwiGLU, as the others"),
     "gla": ("gated-linear-attention swiglu gated-linear-attention swiglu",
             "GLA at the reference's default config; the multi-head variant is "
