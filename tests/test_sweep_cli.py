@@ -113,6 +113,7 @@ def test_paper_config_variants_and_arch_selection(tmp_path):
 
     full = paper.get_config()
     assert full.preset == "full" and len(sweep.architectures(full)) == 8
+    assert full.norm == "rmsnorm"  # the reference's benchmark.py models
     cpu = paper.get_config("cpu")
     assert cpu.preset == "quick" and cpu.tasks == paper.CPU_TASKS
     assert list(sweep.architectures(cpu)) == ["transformer", "hyena"]

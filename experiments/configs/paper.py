@@ -5,8 +5,9 @@
 
 Every model is what the paper measured: two blocks of (sequence mixer, channel mixer) at width 128
 with each layer's registered default config (the reference's iso-state, iso-parameter defaults,
-configs/layers/*.yml of athms/mad-lab), LayerNorm pre-norm residual blocks, max_length = the
-task's seq_len. The report (`<workdir>/report.md`, section "Beside the paper") puts every score
+configs/layers/*.yml of athms/mad-lab), RMSNorm pre-norm residual blocks (the reference's protocol
+script, benchmark.py, builds its LanguageModel / AutoEncoder with their default RMSNorm; its
+single-run train.py uses LayerNorm, mad_jax's default), max_length = the task's seq_len. The report (`<workdir>/report.md`, section "Beside the paper") puts every score
 beside the paper's (`mad_jax/protocol/paper_scores.json`, with its sources), the difference, and
 the Spearman rank correlation of the architectures' means.
 
@@ -60,6 +61,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         raise ValueError(f"unknown paper.py variant {variant!r}; valid: full, cpu")
     c = base_config()
     c.workdir = f"workdir/paper-{variant}"
+    c.norm = "rmsnorm"            # as the reference's benchmark.py builds its models
     c.architectures = config_dict.ConfigDict({n: a[0] for n, a in ARCHITECTURES.items()})
     c.archs = ""                  # comma-separated subset of `architectures` to run; "" = all
     c.paper_keys = config_dict.ConfigDict({n: n for n in ARCHITECTURES})
