@@ -375,6 +375,8 @@ def test_paper_comparison_cells_means_and_rank_correlation():
     assert paper.spearman([1, 2], [1, 1]) != paper.spearman([1, 2], [1, 1])  # NaN: no ranking
     text = paper.format_comparison(out)
     assert "Spearman rank correlation of the means over 3 architectures: +0.50" in text
+    assert "| attn | Transformer | memorization | 80.0 (1/6) | 85.2 | -5.2 |" in text
+    assert "not like for like" in text  # one setting of each task's grid was run
     with pytest.raises(ValueError, match="no paper row 'rnn'"):
         paper.compare(results, paper_keys={"mine": "rnn"})
 

@@ -14,7 +14,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from mad_jax.protocol.scores import score_table
+from mad_jax import tasks as tasks_lib
+from mad_jax.protocol.scores import score_table, setting_scores
 
 PAPER_FILE = os.path.join(os.path.dirname(__file__), "paper_scores.json")
 
@@ -48,6 +49,7 @@ def compare(results, *, paper_keys: Mapping[str, str] | None = None,
     paper = paper or load_paper_scores()
     rows = {r["key"]: r for r in paper["rows"]}
     table = score_table(results, metric=metric)
+    ran = setting_scores(results, metric=metric).groupby(["arch", "task"])["setting"].nunique()
     keys = dict(paper_keys or {})
     cells, means = [], []
     for arch in table.index:
@@ -64,14 +66,16 @@ def compare(results, *, paper_keys: Mapping[str, str] | None = None,
             theirs = float(row["scores"][task])
             cells.append({"arch": arch, "paper": row["name"], "task": task, "ours": ours,
                           "paper_score": theirs, "diff": ours - theirs,
-                          "approx": bool(row.get("approx", False))})
+                          "approx": bool(row.get("approx", False)),
+                          "settings": int(ran.get((arch, task), 0)),
+                          "grid_settings": len(tasks_lib.settings(task))})
         if tasks:
             ours = 100.0 * float(np.mean([table.loc[arch, t] for t in tasks]))
             theirs = float(np.mean([row["scores"][t] for t in tasks]))
             means.append({"arch": arch, "paper": row["name"], "ours": ours,
                           "paper_score": theirs, "diff": ours - theirs, "tasks": len(tasks)})
     cells = pd.DataFrame(cells, columns=["arch", "paper", "task", "ours", "paper_score", "diff",
-                                         "approx"])
+                                         "approx", "settings", "grid_settings"])
     means = pd.DataFrame(means, columns=["arch", "paper", "ours", "paper_score", "diff", "tasks"])
     rho = spearman(means["ours"], means["paper_score"]) if len(means) else float("nan")
     return {"cells": cells, "means": means, "spearman": rho}
@@ -83,11 +87,12 @@ def format_comparison(comparison: dict, paper: dict | None = None) -> str:
     cells, means = comparison["cells"], comparison["means"]
     if means.empty:
         return "(no architecture of this sweep has a row in the paper's table)"
-    lines = ["| arch | paper row | task | ours | paper | ours - paper |", "|---|---|---|---|---|---|"]
+    lines = ["| arch | paper row | task | ours (settings run) | paper (all settings) | "
+             "ours - paper |", "|---|---|---|---|---|---|"]
     for c in cells.itertuples(index=False):
         mark = " (approx.)" if c.approx else ""
-        lines.append(f"| {c.arch} | {c.paper} | {c.task} | {c.ours:.1f} | "
-                     f"{c.paper_score:.1f}{mark} | {c.diff:+.1f} |")
+        lines.append(f"| {c.arch} | {c.paper} | {c.task} | {c.ours:.1f} ({c.settings}/"
+                     f"{c.grid_settings}) | {c.paper_score:.1f}{mark} | {c.diff:+.1f} |")
     lines += ["", "| arch | paper row | tasks | mean (ours) | mean (paper, same tasks) | "
               "ours - paper |", "|---|---|---|---|---|---|"]
     for m in means.itertuples(index=False):
@@ -96,6 +101,9 @@ def format_comparison(comparison: dict, paper: dict | None = None) -> str:
     rho = comparison["spearman"]
     lines += ["", f"Spearman rank correlation of the means over {len(means)} architectures: "
               + ("n/a (needs 2 or more)" if not np.isfinite(rho) else f"{rho:+.2f}"), ""]
+    if (cells["settings"] < cells["grid_settings"]).any():
+        lines += ["Ours average only the settings this sweep ran (the paper's average every "
+                  "setting of the task's grid), so those cells are not like for like.", ""]
     lines += ["Sources: " + "; ".join(f"{k}: {v}" for k, v in paper["sources"].items())]
     lines += [f"- {note}" for note in paper.get("notes", ())]
     return "\n".join(lines)
