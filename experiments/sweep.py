@@ -178,6 +178,7 @@ def sweep(config) -> "pandas.DataFrame":
             model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
             arch=name, seed=config.seed, seeds=config.get("seeds", 1),
             train_overrides=plan["overrides"], retry_failed=config.get("retry_failed", True),
+            on_change=config.get("on_change", "error"),
             cache_dir=cache_dir,
             progress_every_s=config.progress_every_s, log=_log))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()

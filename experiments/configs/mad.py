@@ -29,6 +29,7 @@ def base_config() -> config_dict.ConfigDict:
     c.jax_cache_dir = ""          # persistent XLA compilation cache; "" = <workdir>/jax_cache
     c.report = True               # write report.md / report.html / plots after the sweep
     c.retry_failed = True         # train runs recorded as failed again (False: keep them)
+    c.on_change = "error"         # a finished run whose model/training/metric changed: error | rerun
     c.progress_every_s = 10.0     # at most one progress line per this many seconds
     # Devices (README: "TPU VMs and pod slices"). mesh "" trains on one device; "auto" spreads
     # each grid's runs over the devices (sweep axis) and uses the rest data parallel; or axis

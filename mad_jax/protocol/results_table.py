@@ -3,7 +3,9 @@
 Columns (in this order; `arch` names the architecture, `preset` the protocol preset that produced
 the row, so a smoke score is never mistaken for a MAD score; `seed` the run's init seed; accuracies
 are macro (the reference's metric) unless they end in `_micro`; `final_val_acc*` are filled when
-the protocol selected runs on the validation split, which `select_on` records):
+the protocol selected runs on the validation split, which `select_on` records; `is_mad_score`
+says whether the run's preset, budget and grid are the MAD protocol's; `fingerprint` is the hash of
+the run's identity, `mad_jax.protocol.fingerprint`):
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ COLUMNS = (
     "best_test_acc", "best_step", "test_loss", "final_val_acc", "final_val_acc_micro",
     "select_on", "final_train_loss", "steps", "total_steps", "wall_time_s", "compile_time_s",
     "params", "grid_size", "train_examples", "test_examples", "setting_params", "error",
+    "is_mad_score", "fingerprint",
 )
 __doc__ += "\n    " + ", ".join(COLUMNS) + "\n"
 
@@ -91,7 +94,7 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
                 raise ResultsError(f"{path} is damaged: line {i} (an ok run) has no number in "
                                    f"{', '.join(bad)}")
     for c in ("setting", "difficulty_key", "error", "status", "arch", "preset", "task",
-              "select_on"):
+              "select_on", "fingerprint"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
 
@@ -141,9 +144,17 @@ def _keys(df: pd.DataFrame):
         yield key(arch, task, setting, lr, wd, seed)
 
 
-def _round(x) -> float:
+def round_value(x) -> float:
+    """A learning rate or weight decay as keys hold it (6 significant digits)."""
     x = float(x)
     return x if math.isnan(x) else float(f"{x:.6g}")
+
+
+def rows_by_key(df: pd.DataFrame) -> dict:
+    """{key: row as a dict} of every row."""
+    if df.empty:
+        return {}
+    return {k: row for k, row in zip(_keys(df), df.to_dict("records"))}
 
 
 def done_keys(df: pd.DataFrame, *, include_failed: bool = True) -> set:
@@ -164,4 +175,4 @@ def failed_keys(df: pd.DataFrame) -> set:
 
 def key(arch: str, task: str, setting: str, lr: float, wd: float, seed) -> tuple:
     seed = -1 if seed is None or (isinstance(seed, float) and math.isnan(seed)) else int(seed)
-    return (arch, task, setting, _round(lr), _round(wd), seed)
+    return (arch, task, setting, round_value(lr), round_value(wd), seed)

@@ -5,11 +5,18 @@ Layout of `out_dir` (one architecture):
 
     out_dir/protocol.json                       preset, seed, grid, arch: checked on every restart
     out_dir/results.csv                         one row per finished run (rewritten atomically)
-    out_dir/runs/<task>/<setting>/result.json   the setting's runs with loss and accuracy curves
+    out_dir/runs/<task>/<setting>/result.json   the setting's runs with loss and accuracy curves,
+                                                their rows and the setting's identity
     out_dir/runs/<task>/<setting>/<lr=..,wd=..>/metrics.jsonl + events.out.tfevents.*
     out_dir/runs/<task>/<setting>/checkpoints/  orbax checkpoints while the setting trains
 
-A finished run (a row in results.csv, ok or failed) is never trained again; a setting killed
+Every row carries the fingerprint of its run's identity (`mad_jax.protocol.fingerprint`: the
+model's full config, the task setting, the training config, lr, wd, seed, the metric and data
+versions). A finished ok run whose fingerprint matches is never trained again; a failed one is
+trained again unless `retry_failed=False`. A run whose fingerprint differs (the model, a training
+field or the code version of the metric changed since it finished) is never read as done: by the
+`on_change` policy it is trained again, saying so in one line ("rerun"), or the protocol stops
+with a one-line error naming the field that changed ("error", the default). A setting killed
 mid-way resumes from its last checkpoint.
 """
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import pandas as pd
 
-from mad_jax.protocol import results_table
+from mad_jax.protocol import fingerprint, results_table
 from mad_jax.protocol.presets import Preset, get_preset
 from mad_jax.protocol.progress import Progress, format_duration
 from mad_jax.training.config import TrainConfig, to_steps
@@ -33,6 +40,12 @@ from mad_jax.training.io import atomic_write_json
 from mad_jax.training.train import fit, load_task_data, model_max_length
 
 PROTOCOL_FILE = "protocol.json"
+ON_CHANGE = ("error", "rerun")
+# Training fields that do not change what a run computes (devices, logging, checkpoint cadence,
+# how the grid is laid out): a finished run stays valid when they change.
+_NOT_IDENTITY = ("mesh", "sharding_rules", "dcn_mesh", "log_every_steps", "tensorboard",
+                 "keep_checkpoints", "vmap", "checkpoint_every_steps", "checkpoint_every_epochs",
+                 "checkpoint_every_examples", "grid", "seeds", "learning_rate", "weight_decay")
 
 
 class ProtocolError(ValueError):
@@ -94,34 +107,55 @@ def train_config(preset: Preset, *, seed: int = 0,
     return TrainConfig.from_any(cfg)
 
 
+def train_identity(cfg: TrainConfig) -> dict:
+    """The training fields that change what a run computes (JSON-ready)."""
+    record = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IDENTITY}
+    return json.loads(json.dumps(record))
+
+
 def _changed_fields(old: dict, new: dict) -> list[str]:
     """'field: old -> new' for every field of the protocol record that differs (train fields by
     their own name)."""
     changes = []
-    for k in ("preset", "seed"):
-        if old.get(k) != new[k]:
+    for k in ("preset", "seed", "grid"):
+        if k in old and old.get(k) != new[k]:
             changes.append(f"{k}: {old.get(k)!r} -> {new[k]!r}")
     old_train, new_train = old.get("train") or {}, new["train"]
     for k in sorted(set(old_train) | set(new_train)):
+        if k in _NOT_IDENTITY:
+            continue
         if old_train.get(k) != new_train.get(k):
             changes.append(f"train.{k}: {old_train.get(k)!r} -> {new_train.get(k)!r}")
     return changes
 
 
-def _check_protocol_file(out_dir: str, record: dict) -> None:
+def _check_protocol_file(out_dir: str, record: dict, on_change: str, log) -> bool:
+    """Compares the workdir's protocol record with this one. Returns True when it changed and
+    the policy is "rerun" (the old results table is then set aside); raises under "error"."""
     path = os.path.join(out_dir, PROTOCOL_FILE)
+    changed = False
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+            log(f"warning: {path} is damaged; it is written again")
         changes = _changed_fields(old, record)
         if changes:
             shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more"
                                               if len(changes) > 3 else "")
-            raise ProtocolError(
-                f"{out_dir} holds results of another protocol ({shown}); results of different "
-                "protocols must not mix: use another workdir, or delete that one to start over")
+            if on_change == "error":
+                raise ProtocolError(
+                    f"{out_dir} holds results of another protocol ({shown}); results of "
+                    "different protocols must not mix: use another workdir, or "
+                    "on_change=rerun (--config.on_change=rerun) to train them again")
+            log(f"{out_dir}: the protocol changed ({shown}); every run is trained again "
+                "(on_change=rerun)")
+            changed = True
     if _writes():
         atomic_write_json(path, record)
+    return changed
 
 
 def _writes() -> bool:
@@ -133,7 +167,7 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
         arch: str | None = None, seed: int = 0, seeds: int = 1,
         train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
-        cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
+        on_change: str = "error", cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
 
@@ -151,6 +185,9 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       {"select_on": "validation"} to pick each setting's best run on a held-out split).
     retry_failed: runs recorded as failed (a crash, a non-finite loss) are trained again
       (default); False keeps them as they are. Finished ok runs are never redone.
+    on_change: what to do with a finished run whose identity changed (the model's config, a
+      training field, the metric's code version): "error" (default) stops with one line naming
+      the field; "rerun" trains it again and says so.
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     """
     preset = get_preset(preset)
@@ -161,20 +198,25 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     check_writable(out_dir)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ProtocolError(f"seeds must be a positive integer, got {seeds!r}")
+    if on_change not in ON_CHANGE:
+        raise ProtocolError(f"on_change must be one of {', '.join(ON_CHANGE)}, got {on_change!r}")
     cfg = train_config(preset, seed=seed, overrides=train_overrides)
     if seeds > 1:
         cfg = dataclasses.replace(cfg, seeds=tuple(range(seed, seed + seeds)))
     # What the results depend on; the devices (mesh) do not count: a sweep may resume elsewhere.
     # Seeds may be added to a finished sweep: rows are keyed by seed.
-    train_record = {k: v for k, v in dataclasses.asdict(dataclasses.replace(
-        cfg, grid=None, seeds=None)).items() if k not in ("mesh", "sharding_rules", "dcn_mesh")}
-    _check_protocol_file(out_dir, {
+    train_record = train_identity(cfg)
+    is_mad = is_mad_protocol(preset, cfg, grid)
+    protocol_changed = _check_protocol_file(out_dir, {
         "preset": preset.name, "seed": seed, "seeds": seeds, "arch": arch,
-        "train": json.loads(json.dumps(train_record)),
-        "grid": [list(g) for g in grid], "is_mad_score": preset.is_mad})
+        "train": train_record, "grid": [list(g) for g in grid], "is_mad_score": is_mad},
+        on_change, log)
     results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
-    results = _read_results(results_path, out_dir, log)
-    done = results_table.done_keys(results, include_failed=not retry_failed)
+    if protocol_changed and os.path.exists(results_path) and _writes():
+        aside = f"{results_path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(results_path, aside)
+        log(f"the old results are in {aside}")
+    results = _read_results(results_path, out_dir, log, trust_result_files=not protocol_changed)
     failed_before = len(results_table.failed_keys(results)) if retry_failed else 0
     if failed_before:
         log(f"{failed_before} failed run(s) in {results_path} will be trained again "
@@ -197,25 +239,36 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         f"{f' x {seeds} seeds' if seeds > 1 else ''} -> {out_dir}")
     t_start = time.time()
     for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):
-        missing = [(g, s) for g in grid for s in cfg.run_seeds
-                   if results_table.key(arch, task, name, *g, s) not in done]
-        todo = list(dict.fromkeys(g for g, _ in missing))
-        todo_seeds = tuple(dict.fromkeys(s for _, s in missing))
         label = f"[{arch} {i + 1}/{len(settings)}] {task}/{name}"
-        if not todo:
+        data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
+        # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
+        # max_length is the setting's seq_len, as the reference passes it.
+        model = model_fn(task, int(setting["vocab_size"]), model_max_length(setting, data[0][0]))
+        identity = setting_identity(model, task, setting, cfg)
+        todo_runs = _runs_to_train(results, identity, arch=arch, task=task, name=name,
+                                   cfg=cfg, grid=grid, retry_failed=retry_failed,
+                                   on_change=on_change, run_dir=os.path.join(out_dir, "runs",
+                                                                             task, name),
+                                   label=label, log=log)
+        if not todo_runs:
             meter.skip(setting_work)
             log(f"{label}: done, skipped")
             continue
+        todo = list(dict.fromkeys(g for g, _ in todo_runs))
+        todo_seeds = tuple(dict.fromkeys(s for _, s in todo_runs))
         setting_cfg = (cfg if cfg.seeds is None
                        else dataclasses.replace(cfg, seeds=todo_seeds))
-        rows = _run_setting(model_fn, task, setting, name, todo, cfg=setting_cfg, arch=arch,
-                            preset=preset, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
-                            meter=meter, label=label, setting_work=setting_work, log=log)
+        rows, runs = _run_setting(model, data, task, setting, name, todo, cfg=setting_cfg,
+                                  arch=arch, preset=preset, identity=identity, is_mad=is_mad,
+                                  out_dir=out_dir, meter=meter, label=label,
+                                  setting_work=setting_work, log=log)
         results = results_table.upsert(results, rows)
         if _writes():
+            if runs:
+                _write_result_file(os.path.join(out_dir, "runs", task, name), results, runs,
+                                   task=task, name=name, setting=setting, preset=preset,
+                                   arch=arch, identity=identity)
             results_table.write(results_path, results)
-        done |= {results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"],
-                                   r["seed"]) for r in rows}
         ok = [r for r in rows if r["status"] == "ok"]
         best = max((r["final_test_acc"] for r in ok), default=float("nan"))
         log(f"{label}: best final test acc (macro) {best:.3f} over {len(rows)} runs"
@@ -225,13 +278,80 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     return results
 
 
-def _read_results(path: str, out_dir: str, log) -> pd.DataFrame:
+def is_mad_protocol(preset: Preset, cfg: TrainConfig, grid) -> bool:
+    """Whether runs with this preset, training config and grid are the MAD protocol's: the full
+    preset with its budget and grid unchanged (the seed and the devices may differ)."""
+    if not preset.is_mad or tuple(grid) != tuple(DEFAULT_GRID):
+        return False
+    reference = train_identity(train_config(preset, seed=cfg.seed))
+    return train_identity(cfg) == reference
+
+
+def setting_identity(model, task: str, setting: Mapping[str, Any], cfg: TrainConfig) -> dict:
+    """The identity shared by a setting's runs (each run adds its lr, wd and seed)."""
+    return {"model": fingerprint.describe(model), "task": task,
+            "setting": json.loads(json.dumps(dict(setting))), "train": train_identity(cfg),
+            "versions": fingerprint.versions()}
+
+
+def run_fingerprint(identity: Mapping[str, Any], lr: float, wd: float, seed: int) -> str:
+    return fingerprint.fingerprint({**identity, "learning_rate": results_table.round_value(lr),
+                                    "weight_decay": results_table.round_value(wd),
+                                    "seed": int(seed)})
+
+
+def _stored_identity(run_dir: str):
+    try:
+        with open(os.path.join(run_dir, "result.json")) as f:
+            return json.load(f).get("identity")
+    except (OSError, ValueError):
+        return None
+
+
+def _runs_to_train(results, identity, *, arch, task, name, cfg, grid, retry_failed, on_change,
+                   run_dir, label, log) -> list:
+    """The ((lr, wd), seed) runs of a setting to train: missing ones, failed ones (unless
+    retry_failed is False), and finished ones whose fingerprint changed (by `on_change`)."""
+    stored = results_table.rows_by_key(results)
+    todo, changed = [], []
+    for g in grid:
+        for s in cfg.run_seeds:
+            row = stored.get(results_table.key(arch, task, name, *g, s))
+            if row is None:
+                todo.append((g, s))
+            elif row["status"] == "failed":  # no result to protect: the fingerprint is moot
+                if retry_failed:
+                    todo.append((g, s))
+            elif row.get("fingerprint") != run_fingerprint(identity, *g, s):
+                changed.append((g, s))
+    if changed:
+        old = _stored_identity(run_dir)
+        if old is None or not any(
+                r.get("fingerprint") for r in stored.values()
+                if (r["task"], r["setting"]) == (task, name)):
+            what = "no fingerprint (written by an older mad_jax)"
+        else:
+            what = "; ".join(fingerprint.first_differences(old, identity, limit=2)
+                             or ["learning rate, weight decay or seed"])
+        if on_change == "error":
+            raise ProtocolError(
+                f"{label}: {len(changed)} finished run(s) in {run_dir} were computed differently "
+                f"({what}); use another workdir, or on_change=rerun (--config.on_change=rerun) "
+                "to train them again")
+        log(f"{label}: {len(changed)} finished run(s) changed ({what}); training them again "
+            "(on_change=rerun)")
+    return todo + changed
+
+
+def _read_results(path: str, out_dir: str, log, *, trust_result_files: bool = True
+                  ) -> pd.DataFrame:
     """The results table; a damaged file is set aside and rebuilt from the settings' result.json
     files, so nothing that finished is lost."""
     try:
         return results_table.read(path)
     except results_table.ResultsError as e:
-        rows = results_table.rows_from_result_files(os.path.join(out_dir, "runs"))
+        rows = (results_table.rows_from_result_files(os.path.join(out_dir, "runs"))
+                if trust_result_files else [])
         aside = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
         if _writes():
             os.replace(path, aside)
@@ -243,21 +363,17 @@ def _read_results(path: str, out_dir: str, log) -> pd.DataFrame:
         return rebuilt
 
 
-def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed, out_dir,
-                 cache_dir, meter, label, setting_work, log) -> list[dict]:
+def _run_setting(model, data, task, setting, name, grid, *, cfg, arch, preset, identity, is_mad,
+                 out_dir, meter, label, setting_work, log) -> list[dict]:
     from mad_jax import tasks as tasks_lib
 
     run_dir = os.path.join(out_dir, "runs", task, name)
     key, value = tasks_lib.difficulty_variable(task, setting)
     common = {"arch": arch, "preset": preset.name, "task": task, "setting": name,
               "difficulty_key": key, "difficulty_value": value, "select_on": cfg.select_on,
-              "setting_params": dict(setting)}
-    train_data, test_data, validation_data = load_task_data(task, setting, cfg,
-                                                            cache_dir=cache_dir)
+              "setting_params": dict(setting), "is_mad_score": is_mad}
+    train_data, test_data, validation_data = data
     common.update(train_examples=len(train_data[0]), test_examples=len(test_data[0]))
-    # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
-    # max_length is the setting's seq_len, as the reference passes it.
-    model = model_fn(task, int(setting["vocab_size"]), model_max_length(setting, train_data[0]))
     meter.start_setting(label, float(train_data[0].shape[1]))
     try:
         runs = fit(model, train_data, test_data, dataclasses.replace(cfg, grid=tuple(grid)),
@@ -274,8 +390,9 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
         log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
         meter.end_setting(setting_work)
         return [dict(common, learning_rate=lr, weight_decay=wd, seed=s, status="failed",
-                     error=message, grid_size=len(grid) * len(cfg.run_seeds))
-                for lr, wd in grid for s in cfg.run_seeds]
+                     error=message, grid_size=len(grid) * len(cfg.run_seeds),
+                     fingerprint=run_fingerprint(identity, lr, wd, s))
+                for lr, wd in grid for s in cfg.run_seeds], []
     meter.end_setting(setting_work)
     rows = []
     for r in runs:
@@ -283,9 +400,34 @@ def _run_setting(model_fn, task, setting, name, grid, *, cfg, arch, preset, seed
             "learning_rate", "weight_decay", "seed", "status", "final_test_acc",
             "final_test_acc_micro", "best_test_acc", "best_step", "test_loss", "final_val_acc",
             "final_val_acc_micro", "final_train_loss", "steps", "total_steps", "wall_time_s",
-            "compile_time_s", "params", "grid_size", "error")}))
-    if _writes():  # the rows too: a damaged results.csv is rebuilt from these files
-        atomic_write_json(os.path.join(run_dir, "result.json"),
-                          {"task": task, "setting": name, "setting_params": dict(setting),
-                           "preset": preset.name, "arch": arch, "runs": runs, "rows": rows})
-    return rows
+            "compile_time_s", "params", "grid_size", "error")},
+                         fingerprint=run_fingerprint(identity, r["learning_rate"],
+                                                     r["weight_decay"], r["seed"])))
+    return rows, runs
+
+
+def _write_result_file(run_dir, results, runs, *, task, name, setting, preset, arch, identity):
+    """The setting's result.json: its identity, every run's curves (earlier ones kept) and every
+    row of the setting in the table (a damaged results.csv is rebuilt from these files)."""
+    path = os.path.join(run_dir, "result.json")
+    earlier = []
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("identity") == identity:
+            earlier = old.get("runs", [])
+    except (OSError, ValueError):
+        pass
+    run_key = lambda r: results_table.key(arch, task, name, r["learning_rate"],  # noqa: E731
+                                          r["weight_decay"], r.get("seed"))
+    new_keys = {run_key(r) for r in runs}
+    all_runs = [r for r in earlier if run_key(r) not in new_keys] + list(runs)
+    mine = results[(results["task"] == task) & (results["setting"] == name)
+                   & (results["arch"] == arch)]
+    rows = json.loads(mine.to_json(orient="records"))
+    for row in rows:
+        if isinstance(row.get("setting_params"), str):
+            row["setting_params"] = json.loads(row["setting_params"])
+    atomic_write_json(path, {"task": task, "setting": name, "setting_params": dict(setting),
+                             "preset": preset.name, "arch": arch, "identity": identity,
+                             "runs": all_runs, "rows": rows})
