@@ -25,6 +25,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "sweep config file, e.g. experiments/configs/mad.py[:preset]", lock_config=True)
 
 
+# Exit statuses: 0 every run ok; 1 a bad input stopped the sweep before or while training;
+# 2 a bad command line or config file; 3 the sweep finished but some runs failed (everything
+# that finished is written); 130 / 143 interrupted by SIGINT / SIGTERM (run it again to resume).
+EXIT_RUNS_FAILED = 3
+
+
 class SweepError(Exception):
     """A problem with the sweep's inputs; printed as one line, exit status 1."""
 
@@ -32,6 +38,14 @@ class SweepError(Exception):
 def _fail(message: str, status: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _exit_interrupted(message: str, status: int) -> None:
+    """One line and the exit status, without waiting on background threads (data loaders,
+    checkpoint writers): everything that matters is on disk."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -144,7 +158,8 @@ def validate(config) -> dict:
         protocol.train_config(preset, seed=config.seed, overrides=overrides)
         TrainConfig.from_any(overrides)
     except (ValueError, KeyError) as e:
-        raise SweepError(" ".join(str(e).strip("'\"").split())) from None
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise SweepError(" ".join(str(text).split())) from None
     protocol.check_writable(config.workdir)
     return {"preset": preset, "tasks": tasks, "grid": grid, "archs": archs,
             "overrides": overrides}
@@ -159,7 +174,10 @@ def sweep(config) -> "pandas.DataFrame":
     from mad_jax import sharding
 
     if config.get("distributed"):  # before anything touches a device: every host of the job
-        sharding.initialize(True)
+        try:
+            sharding.initialize(True)
+        except sharding.DistributedError as e:
+            raise SweepError(str(e)) from None
     plan = validate(config)
     workdir = config.workdir
     cache_dir = config.cache_dir or os.path.join(workdir, "data")
@@ -230,12 +248,22 @@ def main(argv: list[str]) -> None:
         from experiments import scaling_sweep
         sys.exit(scaling_sweep.run_from_config(config))
     from mad_jax.protocol import ProtocolError
+    from mad_jax.training import signals
     try:
-        sweep(config)
+        with signals.graceful_stop():
+            results = sweep(config)
     except (SweepError, ProtocolError) as e:
         _fail(str(e))
+    except signals.Interrupted as e:
+        _exit_interrupted(f"interrupted by {e}; run the same command again to resume",
+                          e.exit_status)
     except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume", status=130)
+        _exit_interrupted("interrupted; run the same command again to resume", 130)
+    failed = int((results["status"] != "ok").sum()) if len(results) else 0
+    if failed:  # everything that finished is written; the failures are in the table
+        _fail(f"{failed} of {len(results)} runs failed (their errors are in the results "
+              "table and in <workdir>/<arch>/runs/<task>/<setting>/error.txt); fix the cause and "
+              "run the same command again: failed runs are trained again", status=EXIT_RUNS_FAILED)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,67 @@ def test_paper_config_variants_and_arch_selection(tmp_path):
     assert set(plan["archs"]) == set(paper.ARCHITECTURES)
     with pytest.raises(sweep.SweepError, match="seeds must be a positive integer"):
         sweep.validate(paper.get_config(f"workdir={tmp_path},seeds=0"))
+
+
+# --- signals: stop at a step boundary with a checkpoint, one line, 130 / 143 ---
+
+def _start_sweep(workdir, steps):
+    import subprocess as sp
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    return sp.Popen([sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/mad.py",
+                     "--config.layers=swiglu", "--config.dim=16", "--config.preset=smoke",
+                     "--config.tasks=memorization", f"--config.workdir={workdir}",
+                     "--config.grid=1e-3:0", f"--config.train.train_steps={steps}",
+                     "--config.train.batch_size=8", "--config.train.max_test_examples=16",
+                     "--config.train.eval_every_steps=1000000",
+                     "--config.train.checkpoint_every_steps=1000000",
+                     "--config.train.log_every_steps=1", "--config.report=false",
+                     "--config.progress_every_s=0.5"],
+                    cwd=ROOT, env=env, stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+
+
+def _wait_for(proc, pattern, timeout=300):
+    import time as time_lib
+
+    deadline = time_lib.time() + timeout
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if pattern in line or time_lib.time() > deadline:
+            return seen
+    return seen
+
+
+def test_sigterm_checkpoints_and_exits_with_one_line(tmp_path):
+    import signal
+    import time as time_lib
+
+    sig, status = "SIGTERM", 143  # what a preemptible TPU VM sends
+    workdir = tmp_path / "w"
+    proc = _start_sweep(workdir, steps=100000)
+    seen = _wait_for(proc, "/100000 ")  # a progress line: training steps are running
+    assert any("/100000 " in l for l in seen), "".join(seen[-20:])
+    sent = time_lib.time()
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    assert time_lib.time() - sent < 30
+    assert proc.returncode == status, stderr[-2000:]
+    errors = _error_lines(stderr)
+    assert len(errors) == 1 and f"interrupted by {sig} at step" in errors[0], stderr[-2000:]
+    assert "checkpoint written" in errors[0] and "Traceback" not in stderr
+    assert (workdir / "swiglu" / "runs" / "memorization" / "baseline" / "checkpoints").is_dir()
+
+
+def test_ctrl_c_while_compiling_exits_cleanly(tmp_path):
+    import signal
+
+    proc = _start_sweep(tmp_path / "w", steps=100000)
+    seen = _wait_for(proc, "MAD protocol, preset")  # next: data, then the first compile
+    assert any("MAD protocol" in l for l in seen), "".join(seen)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stderr[-2000:]  # not 139 (a crash inside XLA)
+    assert "Traceback" not in stderr and len(_error_lines(stderr)) <= 1
+    assert "stopping at the next step boundary" in stderr

@@ -25,6 +25,12 @@ def _layer(name: str, layer_configs: Mapping[str, Mapping[str, Any]] | None):
     return registry.make_layer(name, **dict((layer_configs or {}).get(name, {})))
 
 
+def _check_sizes(**sizes: Any) -> None:
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
 def _require(layer, method: str, name: str):
     fn = getattr(layer, method, None)
     if fn is None:
@@ -36,12 +42,14 @@ def _require(layer, method: str, name: str):
 def layer_flops(name: str, *, dim: int, seq_len: int,
                 layer_configs: Mapping[str, Mapping[str, Any]] | None = None) -> int:
     """Forward FLOPs per sequence of one registered layer."""
+    _check_sizes(dim=dim, seq_len=seq_len)
     return int(_require(_layer(name, layer_configs), "flops", name)(dim=dim, seq_len=seq_len))
 
 
 def layer_state_size(name: str, *, dim: int, seq_len: int,
                      layer_configs: Mapping[str, Mapping[str, Any]] | None = None) -> int:
     """Numbers one registered layer keeps per sequence to generate the next token."""
+    _check_sizes(dim=dim, seq_len=seq_len)
     return int(_require(_layer(name, layer_configs), "state_size", name)(dim=dim, seq_len=seq_len))
 
 
@@ -53,6 +61,7 @@ def flops(layers: str | Sequence[str], *, dim: int, seq_len: int, vocab_size: in
     The autoencoder adds its two-layer D x D decoder at every position. Norms, the embedding
     lookup and residual additions are not counted.
     """
+    _check_sizes(dim=dim, seq_len=seq_len, vocab_size=vocab_size)
     names = parse_layers(layers)
     total = sum(layer_flops(n, dim=dim, seq_len=seq_len, layer_configs=layer_configs) for n in names)
     total += dense_flops(seq_len, dim, vocab_size)

@@ -25,6 +25,9 @@ def _parse(text: str) -> list[str]:
         elif token.startswith(")"):
             if len(stack) == 1:
                 raise ValueError(f"unbalanced ')' in layer string {text!r}")
+            if repeat is None and re.match(r"x(?![^\s()])|x\D", text[pos:]):
+                raise ValueError(f"')x' needs a repeat count in layer string {text!r}, "
+                                 "e.g. '(hyena swiglu)x2'")
             group = stack.pop()
             stack[-1].extend(group * int(repeat or 1))
         else:

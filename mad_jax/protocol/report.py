@@ -26,30 +26,75 @@ def presets_of(results: pd.DataFrame) -> list[str]:
     return [str(p) for p in dict.fromkeys(results.get("preset", pd.Series(dtype=object)).dropna())]
 
 
-def preset_notice(results: pd.DataFrame) -> str:
-    """One line saying whether these are MAD scores (full preset) or not."""
+def mad_score_problems(results: pd.DataFrame) -> list[str]:
+    """Why these results are not MAD scores (empty when they are): a preset other than full, a
+    budget or grid changed from the protocol's (`is_mad_score` False), a task missing settings of
+    its grid, or failed runs."""
+    from mad_jax import tasks as tasks_lib
+
     presets = presets_of(results)
-    if presets == ["full"]:
+    if presets != ["full"]:
+        names = ", ".join(presets) or "unknown"
+        return [f"the {names} preset trains less than the MAD protocol "
+                "(run with preset=full for MAD scores)"]
+    problems = []
+    if "is_mad_score" in results.columns and results["is_mad_score"].notna().any():
+        flags = results["is_mad_score"].map(lambda v: str(v).strip().lower() in ("true", "1"))
+        if not flags.all():
+            problems.append("the budget or grid differs from the protocol's")
+    short = []
+    for task, group in results.groupby("task", sort=False):
+        if task in tasks_lib.TASKS:
+            have, want = group["setting"].nunique(), len(tasks_lib.settings(task))
+            if have < want:
+                short.append(f"{task} {have}/{want} settings")
+    if short:
+        problems.append("not every setting ran (" + ", ".join(short) + ")")
+    if "status" in results.columns and (results["status"] == "failed").any():
+        problems.append(f"{int((results['status'] == 'failed').sum())} run(s) failed")
+    return problems
+
+
+def preset_notice(results: pd.DataFrame) -> str:
+    """One line saying whether these are MAD scores (the full protocol, unchanged and complete)
+    or not, and why not."""
+    problems = mad_score_problems(results)
+    if not problems:
         return "Preset: full (the MAD protocol). These are MAD scores."
-    names = ", ".join(presets) or "unknown"
-    return (f"Preset: {names}. These are NOT MAD scores: the {names} preset trains less than the "
-            "MAD protocol (run with preset=full for MAD scores).")
+    names = ", ".join(presets_of(results)) or "unknown"
+    return f"Preset: {names}. These are NOT MAD scores: {'; '.join(problems)}."
+
+
+def failed_cells(results: pd.DataFrame) -> set[tuple[str, str]]:
+    """(arch, task) pairs whose runs all failed: their score is no measurement."""
+    if results.empty or "status" not in results.columns:
+        return set()
+    df = results.assign(arch=results["arch"].fillna("model") if "arch" in results.columns
+                        else "model")
+    return {(arch, task) for (arch, task), g in df.groupby(["arch", "task"], sort=False)
+            if (g["status"] == "failed").all()}
 
 
 def format_score_table(results: pd.DataFrame, *, metric: str = "final_test_acc",
                        digits: int = 3) -> str:
-    """Markdown table of scores, one row per architecture, one column per task plus the mean."""
+    """Markdown table of scores, one row per architecture, one column per task plus the mean.
+    A task whose runs all failed shows `failed` (and its architecture's mean too)."""
     table = score_table(results, metric=metric)
     if table.empty:
         return "(no results)"
+    failed = failed_cells(results)
     header = ["arch"] + [str(c) for c in table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch, row in table.iterrows():
-        cells = [f"{v:.{digits}f}" if np.isfinite(v) else "-" for v in row.to_numpy(float)]
+        arch_failed = any((arch, t) in failed for t in table.columns)
+        cells = []
+        for task, v in zip(table.columns, row.to_numpy(float)):
+            if (arch, task) in failed or (task == "mean" and arch_failed):
+                cells.append("failed")
+            else:
+                cells.append(f"{v:.{digits}f}" if np.isfinite(v) else "-")
         lines.append("| " + " | ".join([str(arch)] + cells) + " |")
     return "\n".join(lines)
-
-
 
 
 def plot_scores(results: pd.DataFrame, path: str, *, metric: str = "final_test_acc") -> str:
@@ -65,7 +110,7 @@ def plot_scores(results: pd.DataFrame, path: str, *, metric: str = "final_test_a
                label=str(arch))
     ax.set_xticks(x, cols, fontsize=8, rotation=25, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("MAD score" if presets_of(results) == ["full"] else
+    ax.set_ylabel("MAD score" if not mad_score_problems(results) else
                   f"score ({', '.join(presets_of(results))} preset: not MAD scores)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)

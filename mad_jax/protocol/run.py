@@ -31,9 +31,11 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import pandas as pd
 
-from mad_jax.protocol import fingerprint, results_table
+from mad_jax.protocol import fingerprint, results_table, validation
+from mad_jax.protocol.validation import ProtocolError
 from mad_jax.protocol.presets import Preset, get_preset
 from mad_jax.protocol.progress import Progress, format_duration
+from mad_jax.training import signals
 from mad_jax.training.config import TrainConfig, to_steps
 from mad_jax.training.hparam_grid import DEFAULT_GRID
 from mad_jax.training.io import atomic_write_json
@@ -48,10 +50,6 @@ _NOT_IDENTITY = ("mesh", "sharding_rules", "dcn_mesh", "log_every_steps", "tenso
                  "checkpoint_every_examples", "grid", "seeds", "learning_rate", "weight_decay")
 
 
-class ProtocolError(ValueError):
-    """The protocol cannot start or go on (bad names, unusable out_dir, mismatched workdir)."""
-
-
 def check_tasks(tasks: Sequence[str] | str | None) -> list[str]:
     """Task names (all six if None); a comma-separated string is accepted."""
     from mad_jax import tasks as tasks_lib
@@ -60,6 +58,9 @@ def check_tasks(tasks: Sequence[str] | str | None) -> list[str]:
         return list(tasks_lib.TASKS)
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ProtocolError("no task given; name tasks (e.g. 'in-context-recall,compression') "
+                            f"or leave them empty for all six: {', '.join(tasks_lib.TASKS)}")
     unknown = [t for t in tasks if t not in tasks_lib.TASKS]
     if unknown:
         raise ProtocolError(f"unknown task(s) {', '.join(map(repr, unknown))}; "
@@ -190,19 +191,25 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       the field; "rerun" trains it again and says so.
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     """
+    # Everything is checked before anything is written (validation.py).
     preset = get_preset(preset)
     tasks = check_tasks(tasks)
-    grid = tuple((float(lr), float(wd)) for lr, wd in (grid or preset.grid or DEFAULT_GRID))
+    grid = validation.check_grid(grid or preset.grid or DEFAULT_GRID)
     arch = arch or getattr(model_fn, "__name__", "model")
     out_dir = os.fspath(out_dir)
-    check_writable(out_dir)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ProtocolError(f"seeds must be a positive integer, got {seeds!r}")
+    validation.check_seeds(seeds)
     if on_change not in ON_CHANGE:
         raise ProtocolError(f"on_change must be one of {', '.join(ON_CHANGE)}, got {on_change!r}")
-    cfg = train_config(preset, seed=seed, overrides=train_overrides)
+    try:
+        cfg = train_config(preset, seed=seed, overrides=train_overrides)
+    except ValueError as e:
+        raise ProtocolError(e.args[0] if e.args else str(e)) from None
     if seeds > 1:
         cfg = dataclasses.replace(cfg, seeds=tuple(range(seed, seed + seeds)))
+    settings = plan(tasks, preset)
+    validation.check_architecture(model_fn, settings, arch=arch, data_seed=cfg.data_seed,
+                                  max_length=model_max_length)
+    check_writable(out_dir)
     # What the results depend on; the devices (mesh) do not count: a sweep may resume elsewhere.
     # Seeds may be added to a finished sweep: rows are keyed by seed.
     train_record = train_identity(cfg)
@@ -222,7 +229,6 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         log(f"{failed_before} failed run(s) in {results_path} will be trained again "
             "(retry_failed=False keeps them)")
 
-    settings = plan(tasks, preset)
     work = []
     for task, setting, name in settings:
         n_train = setting["num_train_examples"]
@@ -240,6 +246,9 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     t_start = time.time()
     for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):
         label = f"[{arch} {i + 1}/{len(settings)}] {task}/{name}"
+        pending = signals.take_up()  # SIGINT / SIGTERM between settings: every result is written
+        if pending is not None:
+            raise signals.Interrupted(pending, where=f"before {task}/{name}")
         data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
         # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
         # max_length is the setting's seq_len, as the reference passes it.

@@ -16,6 +16,10 @@ import orbax.checkpoint as ocp
 _initialized = False
 
 
+class DistributedError(RuntimeError):
+    """distributed=True where no multi-host job can be joined."""
+
+
 def initialize(enabled: bool = False, *, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None) -> bool:
     """Calls `jax.distributed.initialize` once when `enabled` (the config's `distributed` flag).
@@ -24,8 +28,17 @@ def initialize(enabled: bool = False, *, coordinator_address: str | None = None,
     """
     global _initialized
     if enabled and not _initialized:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator_address,
+                                       num_processes=num_processes, process_id=process_id)
+        except Exception as e:  # noqa: BLE001 - jax raises several kinds; all mean "no job"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DistributedError(
+                f"distributed=True but no multi-host job was found ({first[:160]}); on a TPU "
+                "pod slice run the same command on every host (gcloud compute tpus tpu-vm ssh "
+                "... --worker=all --command=...); on GPU hosts under SLURM or Open MPI launch it "
+                "with srun / mpirun, else pass coordinator_address, num_processes and "
+                "process_id; on one machine drop distributed") from None
         _initialized = True
     return jax.process_count() > 1
 

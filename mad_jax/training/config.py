@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Mapping
 
 # Budgets that can be given in steps, epochs or examples (exactly one of each family).
@@ -95,6 +96,7 @@ class TrainConfig:
         return cls(**base)
 
     def __post_init__(self):
+        self._check_ranges()
         for field, valid in (("precision", ("float32", "bfloat16")),
                              ("schedule", ("per-epoch", "per-step")),
                              ("select_on", ("test", "validation"))):
@@ -103,6 +105,50 @@ class TrainConfig:
                                  f"{', '.join(valid)}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}")
+
+    def _check_ranges(self) -> None:
+        """One-line ValueErrors for values no run can use (before anything trains)."""
+        def bad(field, what):
+            raise ValueError(f"{field} must be {what}, got {getattr(self, field)!r}")
+
+        def number(value, integer=False):
+            kind = numbers.Integral if integer else numbers.Real
+            return (isinstance(value, kind) and not isinstance(value, bool)
+                    and math.isfinite(value))
+
+        for field in ("batch_size", "log_every_steps"):
+            if not number(getattr(self, field), True) or getattr(self, field) < 1:
+                bad(field, "a positive integer")
+        for field in ("eval_batch_size", "max_train_examples", "max_test_examples",
+                      *(f"{family}_{unit}" for family in BUDGETS for unit in ("steps",
+                                                                              "examples"))):
+            value = getattr(self, field)
+            if value is not None and (not number(value, True) or value < 1):
+                bad(field, "a positive integer (or unset)")
+        for family in BUDGETS:
+            value = getattr(self, f"{family}_epochs")
+            if value is not None and (not number(value) or value <= 0):
+                bad(f"{family}_epochs", "a positive number (or unset)")
+        if not number(self.learning_rate) or self.learning_rate <= 0:
+            bad("learning_rate", "a positive number")
+        for field in ("weight_decay", "min_learning_rate"):
+            if not number(getattr(self, field)) or getattr(self, field) < 0:
+                bad(field, "a number >= 0")
+        for field in ("b1", "b2"):
+            if not number(getattr(self, field)) or not 0 <= getattr(self, field) < 1:
+                bad(field, "in [0, 1)")
+        if not number(self.eps) or self.eps <= 0:
+            bad("eps", "a positive number")
+        if self.stop_accuracy is not None and (not number(self.stop_accuracy)
+                                               or not 0 <= self.stop_accuracy <= 1):
+            bad("stop_accuracy", "in [0, 1] (or unset)")
+        for field in ("seed", "data_seed"):
+            if not number(getattr(self, field), True) or getattr(self, field) < 0:
+                bad(field, "an integer >= 0")
+        for lr, wd in self.grid or ():
+            if not (number(lr) and lr > 0 and number(wd) and wd >= 0):
+                raise ValueError(f"grid run (lr={lr}, wd={wd}): the learning rate must be > 0 "
+                                 "and the weight decay >= 0")
 
     @property
     def runs(self) -> tuple[tuple[float, float], ...]:

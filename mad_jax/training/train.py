@@ -23,6 +23,7 @@ import numpy as np
 
 from mad_jax.training import losses
 from mad_jax.training.checkpoints import CheckpointError, Checkpointer
+from mad_jax.training import model_check, signals
 from mad_jax.training.config import TrainConfig, to_steps
 from mad_jax.training.hparam_grid import (GridState, init_grid_state, make_grid_evaluate,
                                           make_grid_eval_step, make_grid_train_step)
@@ -124,6 +125,13 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
             raise ValueError(f"validation data {val_x.shape} must have the test set's shape "
                              f"{test_x.shape}")
     n_train, bs = len(train_x), cfg.batch_size
+    if bs > n_train:
+        raise ValueError(f"batch_size {bs} exceeds the {n_train} training examples; use a "
+                         "smaller batch_size or more examples")
+    # A model scoring fewer classes than the data's tokens would train on NaN losses.
+    classes = int(max(train_x.max(initial=0), train_y.max(initial=0), test_y.max(initial=0))) + 1
+    model_check.check_model(model, arch=getattr(model, "name", None) or type(model).__name__,
+                            task="this task", vocab_size=classes, inputs=train_x[:1])
     total = to_steps(cfg, "train", num_train_examples=n_train, batch_size=bs)
     if total is None:
         raise ValueError("no training budget: set train_steps, train_epochs or train_examples")
@@ -370,11 +378,14 @@ def _fit_group(grid: Sequence[tuple[float, float, int]], *, vmapped: bool, model
             step += 1
             accum = metrics if accum is None else jax.tree_util.tree_map(jnp.add, accum, metrics)
             n_accum += 1
+            # SIGINT / SIGTERM (signals.graceful_stop): checkpoint here, then stop.
+            stop_signal = signals.take_up() if step < total else None
             do_eval = step % eval_every == 0 or step == total
             # Checkpoint steps are log steps too, so no partial average is lost across a restart.
-            do_ckpt = (ckpt is not None and bool(ckpt_every) and step % ckpt_every == 0
-                       and step < total)
-            if not (do_eval or do_ckpt or step % cfg.log_every_steps == 0):
+            do_ckpt = ckpt is not None and step < total and (
+                (bool(ckpt_every) and step % ckpt_every == 0) or stop_signal is not None)
+            if not (do_eval or do_ckpt or step % cfg.log_every_steps == 0
+                    or stop_signal is not None):
                 continue
             means = {k: np.asarray(v) / n_accum for k, v in jax.device_get(accum).items()}
             accum, n_accum = None, 0
@@ -432,6 +443,11 @@ def _fit_group(grid: Sequence[tuple[float, float, int]], *, vmapped: bool, model
                 meta = {"step": step, "elapsed_s": elapsed, "fingerprint": fingerprint,
                         "runs": hist}
                 ckpt.save(step, gstate, meta)
+            if stop_signal is not None:
+                if ckpt is not None:
+                    ckpt.wait()
+                raise signals.Interrupted(stop_signal, where=f"step {step}/{total}"
+                                          + ("" if ckpt is None else ", checkpoint written"))
         wall = elapsed0 + time.perf_counter() - t_loop
     finally:
         for w in writers:
