@@ -13,6 +13,7 @@ Re-running the same command resumes: finished runs are skipped. Bad input ends w
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -73,12 +74,28 @@ def open_corpus(cfg, log=_log):
 
 def run_from_config(config) -> int:
     """Runs the whole scaling sweep for a `kind = "scaling"` config; returns the exit status."""
+    from mad_jax.training import signals
+
     try:
-        return _run(config)
+        with signals.graceful_stop():
+            return _run(config)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
-        message = " ".join(str(e).strip("'\"").split())
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
         return 1
+    except signals.Interrupted as e:
+        _exit_interrupted(f"interrupted by {e}; run the same command again to resume",
+                          e.exit_status)
+    except KeyboardInterrupt:
+        _exit_interrupted("interrupted; run the same command again to resume", 130)
+
+
+def _exit_interrupted(message: str, status: int) -> None:
+    """One line and the exit status, without waiting on background threads (the checkpoint is
+    written)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def _run(config) -> int:

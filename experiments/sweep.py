@@ -228,6 +228,17 @@ def sweep(config) -> "pandas.DataFrame":
     return results
 
 
+def outcome(results) -> tuple[int, str]:
+    """(exit status, message): 0 when every run is ok, EXIT_RUNS_FAILED when some failed."""
+    failed = int((results["status"] != "ok").sum()) if len(results) else 0
+    if not failed:
+        return 0, ""
+    return EXIT_RUNS_FAILED, (
+        f"{failed} of {len(results)} runs failed (their errors are in the results table and in "
+        "<workdir>/<arch>/runs/<task>/<setting>/error.txt); fix the cause and run the same "
+        "command again: failed runs are trained again")
+
+
 def _log(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
@@ -259,11 +270,9 @@ def main(argv: list[str]) -> None:
                           e.exit_status)
     except KeyboardInterrupt:
         _exit_interrupted("interrupted; run the same command again to resume", 130)
-    failed = int((results["status"] != "ok").sum()) if len(results) else 0
-    if failed:  # everything that finished is written; the failures are in the table
-        _fail(f"{failed} of {len(results)} runs failed (their errors are in the results "
-              "table and in <workdir>/<arch>/runs/<task>/<setting>/error.txt); fix the cause and "
-              "run the same command again: failed runs are trained again", status=EXIT_RUNS_FAILED)
+    status, message = outcome(results)
+    if status:  # everything that finished is written; the failures are in the table
+        _fail(message, status=status)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import optax
 
 from mad_jax import sharding, training
 from mad_jax.scaling import window_source
-from mad_jax.training import losses
+from mad_jax.training import losses, signals
 from mad_jax.training.optimizer import set_hyperparams
 
 
@@ -283,6 +283,13 @@ def pretrain(model: nn.Module, tokens, eval_windows_ExW: np.ndarray, config: Pre
         batch = _global_batch(next(batches), compiled.batch_shardings)
         state, metrics = compiled.train_step(state, batch)
         step += 1
+        stop_signal = signals.take_up() if step < stop else None  # SIGINT / SIGTERM
+        if stop_signal is not None:
+            if checkpointer:
+                checkpointer.save(step, state, {"step": step, "data": batches.get_state()})
+                checkpointer.wait()
+            raise signals.Interrupted(stop_signal, where=f"step {step}/{config.total_steps}" + (
+                ", checkpoint written" if checkpointer else ""))
         if step == start_step + 1:  # the first step compiles (unless this model ran before)
             jax.block_until_ready(metrics)
             compile_seconds = time.time() - t0
