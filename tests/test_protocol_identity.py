@@ -155,3 +155,17 @@ def test_reregistered_layer_changes_the_identity():
 def test_bad_policy():
     with pytest.raises(protocol.ProtocolError, match="on_change must be one of error, rerun"):
         run("/tmp/unused-protocol-dir", on_change="ignore")
+
+
+def test_fingerprints_survive_the_csv_as_text(tmp_path):
+    rows = [dict(arch="a", task=TASK, setting="baseline", learning_rate=1e-3, weight_decay=0.0,
+                 seed=0, status="ok", final_test_acc=0.5, fingerprint=fp)
+            for fp in ("0012345678901234", "12e4567890123456")]  # digits only, and float-like
+    path = tmp_path / "results.csv"
+    results_table.write(path, results_table.upsert(results_table.empty(), rows[:1]))
+    assert results_table.read(path)["fingerprint"].tolist() == ["0012345678901234"]
+    results_table.write(path, results_table.upsert(results_table.empty(), rows[1:]))
+    assert results_table.read(path)["fingerprint"].tolist() == ["12e4567890123456"]
+    path.write_text(path.read_text().replace("12e4567890123456", "not-a-fingerprint"))
+    with pytest.raises(results_table.ResultsError, match="has fingerprint 'not-a-fingerprint'"):
+        results_table.read(path)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -69,7 +70,7 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.exists(path):
         return empty()
     try:
-        df = pd.read_csv(path, keep_default_na=True)
+        df = pd.read_csv(path, keep_default_na=True, dtype={"fingerprint": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path} is damaged ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:120]})") from None
@@ -86,6 +87,9 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
             raise ResultsError(f"{path} is damaged: line {i} has no {', '.join(empty_key)}")
         if fields["status"] not in ("ok", "failed"):
             raise ResultsError(f"{path} is damaged: line {i} has status {fields['status']!r}")
+        fp = fields.get("fingerprint")
+        if not pd.isna(fp) and not re.fullmatch(r"[0-9a-f]{16}", str(fp)):
+            raise ResultsError(f"{path} is damaged: line {i} has fingerprint {fp!r}")
         if fields["status"] == "ok":
             needed = REQUIRED_OK if not pd.isna(fields["preset"]) else REQUIRED_OK[:1]
             bad = [c for c in needed
