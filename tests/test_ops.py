@@ -225,9 +225,12 @@ def test_impl_validation_and_switches():
         ops.set_kernel_impl("auto")
 
 
-def test_linear_attention_pallas_not_implemented():
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU has no native kernel")
+def test_linear_attention_pallas_refuses_cpu():
+    import pallas_kernels
+
     q, k, v, _ = _la_inputs(0, 1, 1, 4, 2, 2)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(pallas_kernels.UnsupportedShapeError):
         ops.linear_attention(q, k, v, impl="pallas")
 
 

@@ -133,6 +133,118 @@ def test_selective_scan_strong_decay():
 
 
 # ---------------------------------------------------------------------------------------------
+# linear attention (GLA) and the delta rule: K = V = 16 (the GPU kernels' smallest matmul side)
+
+LA_CFG = pk.LinearAttentionConfig(chunk=8, interpret=True)
+DELTA_CFG = pk.DeltaRuleConfig(chunk=8, interpret=True)
+
+
+def _mixed_log_decay(rng, shape):
+    """Per-step log decays from -1e-3 to -20 (strong ones underflow exp within a few steps)."""
+    return -np.exp(rng.uniform(np.log(1e-3), np.log(20.0), shape))
+
+
+def _la_args(seq_len, decay, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (1, 2, seq_len, 16)
+    q, k, v = (rng.standard_normal(shape) / 2 for _ in range(3))
+    args = tuple(jnp.asarray(a, jnp.float32) for a in (q, k, v))
+    return args + ((jnp.asarray(_mixed_log_decay(rng, shape), jnp.float32),) if decay else ())
+
+
+def _la_reference(q, k, v, g=None):
+    return ops.linear_attention_recurrent(q, k, v, log_decay_BxHxLxK=g)
+
+
+@pytest.mark.parametrize("seq_len,decay", [
+    (37, True),     # not a multiple of the chunk; decays down to -20 per step
+    (32, False),    # whole chunks, no decay
+])
+def test_linear_attention_matches_reference(seq_len, decay):
+    args = _la_args(seq_len, decay)
+    _compare(lambda *a: pk.linear_attention(*a, config=LA_CFG), _la_reference, args,
+             jnp.float32, ("q", "k", "v", "log_decay")[:len(args)])
+
+
+def test_linear_attention_refuses_bonus_and_dispatch_falls_back(monkeypatch):
+    q, k, v, g = _la_args(8, True)
+    with pytest.raises(pk.UnsupportedShapeError):
+        pk.linear_attention(q, k, v, g, jnp.ones((2, 16)), config=LA_CFG)
+    if jax.default_backend() == "cpu":
+        with pytest.raises(pk.UnsupportedShapeError):  # forced kernel: no silent fallback
+            ops.linear_attention(q, k, v, impl="pallas")
+        # "auto" choosing the kernel where it cannot run (CPU without interpret) falls back.
+        monkeypatch.setitem(ops.dispatch.AUTO_KERNEL_BACKENDS, "linear_attention", ("cpu",))
+        auto = jax.make_jaxpr(lambda *a: ops.linear_attention(*a, chunk_size=8))(q, k, v)
+        xla = jax.make_jaxpr(lambda *a: ops.linear_attention(*a, chunk_size=8, impl="xla"))(q, k, v)
+        assert str(auto) == str(xla)
+
+
+def _delta_args(seq_len, gate, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (1, 2, seq_len, 16)
+    q, v = rng.standard_normal(shape), rng.standard_normal(shape)
+    k = rng.standard_normal(shape)
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = 1.0 / (1.0 + np.exp(-rng.standard_normal(shape[:3])))
+    arrays = (q, k, v, beta) + ((_mixed_log_decay(rng, shape[:3]),) if gate else ())
+    return tuple(jnp.asarray(a, jnp.float32) for a in arrays)
+
+
+def _delta_oracle_numpy(q, k, v, beta, g=None):
+    """S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = q_t^T S_t (float64)
+    step by step."""
+    q, k, v, beta = (np.asarray(a, np.float64) for a in (q, k, v, beta))
+    g = np.zeros(beta.shape) if g is None else np.asarray(g, np.float64)
+    batch, heads, seq_len, dk = q.shape
+    o = np.zeros(v.shape)
+    for b in range(batch):
+        for h in range(heads):
+            s_KxV = np.zeros((dk, v.shape[-1]))
+            for t in range(seq_len):
+                k_K = k[b, h, t]
+                s_KxV = np.exp(g[b, h, t]) * (s_KxV - beta[b, h, t] * np.outer(k_K, k_K @ s_KxV))
+                s_KxV = s_KxV + beta[b, h, t] * np.outer(k_K, v[b, h, t])
+                o[b, h, t] = q[b, h, t] @ s_KxV
+    return o
+
+
+def _delta_oracle_jax(q, k, v, beta, g):
+    """The same recurrence as a lax.scan (differentiable; run under float64)."""
+    def step(s_BxHxKxV, xs):
+        q_BxHxK, k_BxHxK, v_BxHxV, beta_BxH, g_BxH = xs
+        read = jnp.einsum("bhk,bhkv->bhv", k_BxHxK, s_BxHxKxV)
+        s_BxHxKxV = jnp.exp(g_BxH)[..., None, None] * (
+            s_BxHxKxV - beta_BxH[..., None, None] * k_BxHxK[..., :, None] * read[..., None, :])
+        write_BxHxK = beta_BxH[..., None] * k_BxHxK
+        s_BxHxKxV = s_BxHxKxV + write_BxHxK[..., :, None] * v_BxHxV[..., None, :]
+        return s_BxHxKxV, jnp.einsum("bhk,bhkv->bhv", q_BxHxK, s_BxHxKxV)
+
+    xs = tuple(jnp.moveaxis(a, 2, 0) for a in (q, k, v, beta, g))
+    s0 = jnp.zeros(q.shape[:2] + (q.shape[-1], v.shape[-1]), q.dtype)
+    return jnp.moveaxis(jax.lax.scan(step, s0, xs)[1], 0, 2)
+
+
+def test_delta_rule_without_gate_matches_float64_recurrence():
+    args = _delta_args(32, gate=False)  # whole chunks
+    out = jax.jit(lambda *a: pk.delta_rule(*a, config=DELTA_CFG))(*args)
+    _assert_close(out, _delta_oracle_numpy(*args), jnp.float32, "output")
+
+
+def test_delta_rule_gated_values_and_gradients_match_float64_recurrence():
+    args = _delta_args(37, gate=True)  # not a multiple of the chunk; gates down to -20 per step
+    out, grads = _value_and_grads(lambda *a: pk.delta_rule(*a, config=DELTA_CFG), args)
+    assert out.dtype == jnp.float32 and [g.dtype for g in grads] == [jnp.float32] * 5
+    _assert_close(out, _delta_oracle_numpy(*args), jnp.float32, "output")
+    with jax.enable_x64(True):
+        args64 = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in args)
+        ct = jax.random.normal(jax.random.key(0), out.shape, jnp.float32).astype(jnp.float64)
+        grads_ref = jax.jit(lambda *a: jax.vjp(_delta_oracle_jax, *a)[1](ct))(*args64)
+    for name, g, g_ref in zip(("q", "k", "v", "beta", "log_gate"), grads, grads_ref):
+        _assert_close(g, g_ref, jnp.float32, f"d{name}")
+
+
+# ---------------------------------------------------------------------------------------------
 # errors and dispatch
 
 
@@ -197,3 +309,28 @@ def test_kernels_lower_for_hardware(op, target, dtype):
     text = jax.jit(grads).trace(*args).lower(lowering_platforms=(platform,)).as_text()
     marker = "__gpu$xla.gpu.triton" if target == "gpu" else "tpu_custom_call"
     assert text.count(marker) >= 2  # forward (with residuals) and backward kernels
+
+
+@pytest.mark.parametrize("op,dtype,n_kernels", [
+    ("linear_attention", jnp.float32, 2),   # forward (with residuals) and backward kernels
+    ("delta_rule", jnp.bfloat16, 1),        # forward kernel; the backward pass is jnp
+])
+def test_attention_kernels_lower_for_gpu(op, dtype, n_kernels):
+    batch, heads, seq_len, dk, dv = 2, 4, 1000, 64, 128
+    qk = jax.ShapeDtypeStruct((batch, heads, seq_len, dk), dtype)
+    v = jax.ShapeDtypeStruct((batch, heads, seq_len, dv), dtype)
+    if op == "linear_attention":
+        cfg = pk.LinearAttentionConfig(target="gpu")
+        fn = lambda *a: pk.linear_attention(*a, config=cfg)  # noqa: E731
+        args = (qk, qk, v, jax.ShapeDtypeStruct(qk.shape, jnp.float32))
+    else:
+        cfg = pk.DeltaRuleConfig(target="gpu")
+        fn = lambda *a: pk.delta_rule(*a, config=cfg)  # noqa: E731
+        step = jax.ShapeDtypeStruct((batch, heads, seq_len), jnp.float32)
+        args = (qk, qk, v, step, step)
+    def value_and_grads(*a):
+        out, vjp = jax.vjp(fn, *a)
+        return out, vjp(jnp.ones_like(out))
+
+    text = jax.jit(value_and_grads).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == n_kernels

@@ -109,6 +109,76 @@ def test_selective_scan_tpu(batch, seq_len, dim, n_state, dtype):
     _scan_case(batch, seq_len, dim, n_state, dtype)
 
 
+def _attention_args(batch, heads, seq_len, dk, dv, *, decay, delta):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((batch, heads, seq_len, dk)) / np.sqrt(dk)
+    k = rng.standard_normal((batch, heads, seq_len, dk))
+    v = rng.standard_normal((batch, heads, seq_len, dv))
+    if delta:  # normalised keys, beta in (0, 1), scalar gates
+        k /= np.linalg.norm(k, axis=-1, keepdims=True)
+        beta = 1.0 / (1.0 + np.exp(-rng.standard_normal((batch, heads, seq_len))))
+        gate = -np.exp(rng.uniform(np.log(1e-3), np.log(20.0), (batch, heads, seq_len)))
+        arrays = (q, k, v, beta) + ((gate,) if decay else ())
+    else:
+        k /= np.sqrt(dk)
+        g = -np.exp(rng.uniform(np.log(1e-3), np.log(20.0), (batch, heads, seq_len, dk)))
+        arrays = (q, k, v) + ((g,) if decay else ())
+    return tuple(jnp.asarray(a, jnp.float32) for a in arrays)
+
+
+ATTENTION_SHAPES = [(2, 2, 1, 16, 16), (2, 3, 1001, 64, 64), (4, 4, 2048, 128, 128),
+                    (1, 2, 333, 40, 24)]
+ATTENTION_PRECISIONS = [("highest", "float32"), ("default", "tf32")]
+
+
+def _linear_attention_case(shape, decay, precision, tol):
+    cfg = pk.LinearAttentionConfig(precision=precision)
+    _check(lambda *a: pk.linear_attention(*a, config=cfg),
+           lambda q, k, v, g=None: ops.linear_attention_chunked(q, k, v, log_decay_BxHxLxK=g),
+           _attention_args(*shape, decay=decay, delta=False), tol)
+
+
+def _delta_rule_case(shape, decay, precision, tol):
+    from mad_jax.ops.delta_rule import delta_rule_chunked
+
+    cfg = pk.DeltaRuleConfig(precision=precision)
+    _check(lambda *a: pk.delta_rule(*a, config=cfg),
+           lambda q, k, v, b, g=None: delta_rule_chunked(q, k, v, b, log_gate_BxHxL=g),
+           _attention_args(*shape, decay=decay, delta=True), tol)
+
+
+@pytest.mark.gpu_only
+@on_gpu
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("precision,tol", ATTENTION_PRECISIONS)
+def test_linear_attention_gpu(shape, decay, precision, tol):
+    with jax.default_matmul_precision("highest"):  # the reference at float32 accuracy
+        _linear_attention_case(shape, decay, precision, tol)
+
+
+@pytest.mark.gpu_only
+@on_gpu
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("precision,tol", ATTENTION_PRECISIONS)
+def test_delta_rule_gpu(shape, decay, precision, tol):
+    with jax.default_matmul_precision("highest"):
+        _delta_rule_case(shape, decay, precision, tol)
+
+
+@pytest.mark.tpu_only
+@on_tpu
+def test_attention_kernels_refuse_tpu():
+    args = _attention_args(1, 2, 64, 16, 16, decay=True, delta=False)
+    with pytest.raises(pk.UnsupportedShapeError):
+        pk.linear_attention(*args)
+    with pytest.raises(pk.UnsupportedShapeError):
+        pk.delta_rule(*_attention_args(1, 2, 64, 16, 16, decay=True, delta=True))
+    y = ops.linear_attention(*args[:3], log_decay_BxHxLxK=args[3])  # "auto": the reference
+    assert _err(y, ops.linear_attention_chunked(*args[:3], log_decay_BxHxLxK=args[3])) == 0.0
+
+
 def _dispatch_case():
     x, h = _conv_args(2, 300, 16, jnp.float32)
     with ops.kernel_impl("pallas"):
@@ -130,3 +200,14 @@ def test_dispatch_runs_kernels_gpu():
 def test_dispatch_runs_kernels_tpu():
     _dispatch_case()
 
+
+
+@pytest.mark.gpu_only
+@on_gpu
+def test_linear_attention_dispatch_runs_kernel_gpu():
+    q, k, v, g = _attention_args(2, 2, 300, 32, 32, decay=True, delta=False)
+    y = jax.jit(lambda *a: ops.linear_attention(*a[:3], log_decay_BxHxLxK=a[3], impl="pallas"))(
+        q, k, v, g)
+    with jax.default_matmul_precision("highest"):
+        want = ops.linear_attention_chunked(q, k, v, log_decay_BxHxLxK=g)
+    assert _err(y, want) <= TOL["tf32"]

@@ -26,6 +26,7 @@ AUTO_KERNEL_BACKENDS = {
     "causal_conv": ("gpu",),
     "selective_scan": ("gpu",),
     "linear_attention": (),
+    "delta_rule": (),
 }
 
 _state = threading.local()

@@ -204,14 +204,27 @@ def linear_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, *, log_decay_BxHxLxK=None,
     """Linear attention / GLA / RWKV 5-6 state recurrence (see the module docstring), any L.
 
     q, k: [B, H, L, K]; v: [B, H, L, V]; log_decay: [B, H, L, K] (<= 0; None for no decay);
-    bonus: [H, K] or None. Returns [B, H, L, V] in q.dtype, float32 inside.
-    There is no Pallas kernel for this op yet: impl="pallas" raises NotImplementedError, and "auto"
-    uses the chunked reference on every backend.
+    bonus: [H, K] or None. Returns [B, H, L, V] in q.dtype, float32 inside. `impl` picks the
+    Pallas kernel (`pallas_kernels.linear_attention`, GPU only, no bonus) or the chunked
+    reference (see `mad_jax.ops.dispatch`); "auto" keeps the reference on every backend until a
+    native run confirms the kernel, and falls back to it wherever the kernel cannot run (bonus,
+    TPU, CPU). `chunk_size` is the jnp form's chunk; the kernel uses its own tiling.
     """
     choice, forced = dispatch.resolve_impl(impl, "linear_attention")
-    if choice == "pallas" and forced:
-        raise NotImplementedError(
-            "linear_attention has no Pallas kernel yet; use impl='xla' or 'auto'")
+    if choice == "pallas":
+        import pallas_kernels
+
+        f32 = jnp.float32
+        try:
+            # float32 operands: the kernel accumulates in float32 whatever the input dtype.
+            o_BxHxLxV = pallas_kernels.linear_attention(
+                q_BxHxLxK.astype(f32), k_BxHxLxK.astype(f32), v_BxHxLxV.astype(f32),
+                None if log_decay_BxHxLxK is None else log_decay_BxHxLxK.astype(f32),
+                bonus_HxK)
+            return o_BxHxLxV.astype(q_BxHxLxK.dtype)
+        except pallas_kernels.UnsupportedShapeError:
+            if forced:
+                raise
     return linear_attention_chunked(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV,
                                     log_decay_BxHxLxK=log_decay_BxHxLxK, bonus_HxK=bonus_HxK,
                                     chunk_size=chunk_size)
