@@ -13,27 +13,6 @@ from mad_jax.layers.accounting import dense_flops
 
 F64 = np.float64
 DIM, SEQ_LEN, CHUNK = 32, 20, 8  # 20 steps in chunks of 8: two whole chunks and a padded one
-# Each program runs once, so compiling dominates: without LLVM optimisation XLA:CPU compiles these
-# several times faster (the same options as tests/test_layers_precision.py; same HLO and dtypes).
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _fast_jit(fn):
-    """fn compiled once, for its first arguments, with the fast options where jaxlib has them."""
-    compiled = {}
-
-    def call(*args):
-        if "fn" not in compiled:
-            lowered = jax.jit(fn).lower(*args)
-            try:
-                compiled["fn"] = lowered.compile(compiler_options=_FAST_COMPILE)
-            except jax.errors.JaxRuntimeError as e:
-                if "No such compile option" not in str(e):
-                    raise
-                compiled["fn"] = lowered.compile()
-        return compiled["fn"](*args)
-
-    return call
 
 
 def _silu(x):
@@ -82,9 +61,9 @@ def _layer(name):
     Callers must not modify the returned params."""
     layer = layers.make_layer(name, chunk_size=CHUNK)
     x = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, DIM), jnp.float32)
-    params = nn.meta.unbox(_fast_jit(layer.init)(jax.random.key(1), x)["params"])
-    return layer, params, x, _fast_jit(lambda p, x: layer.apply({"params": p}, x,
-                                                                mutable=["intermediates"]))
+    params = nn.meta.unbox(jax.jit(layer.init)(jax.random.key(1), x)["params"])
+    return layer, params, x, jax.jit(lambda p, x: layer.apply({"params": p}, x,
+                                                              mutable=["intermediates"]))
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated-deltanet"])
@@ -154,7 +133,7 @@ def test_wider_heads_and_expand_v_change_state():
 def _model_params(backbone):
     model = models.build(["gated-deltanet", "swiglu"], vocab_size=16, max_length=32, dim=32,
                          backbone=backbone)
-    params = _fast_jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     return nn.unbox(params)["encoder"]["block_0"]["mixer"]
 
 
@@ -180,7 +159,7 @@ def test_bfloat16_forward_is_finite_and_close(name):
     layer, params, x, apply = _layer(name)
     y32 = np.asarray(apply(params, x)[0])
     layer16 = layers.make_layer(name, chunk_size=CHUNK, dtype=jnp.bfloat16)
-    y16 = _fast_jit(lambda p, x: layer16.apply({"params": p}, x))(params, x.astype(jnp.bfloat16))
+    y16 = jax.jit(lambda p, x: layer16.apply({"params": p}, x))(params, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
     y16 = np.asarray(y16, np.float32)
     assert np.all(np.isfinite(y16))

@@ -64,21 +64,10 @@ def test_param_count_state_and_flops_formulas():
     assert layer.flops(d, 2 * length) == 2 * want   # linear in L
 
 
-# Each program here runs once, so compiling dominates: XLA:CPU without LLVM optimisation compiles
-# several times faster, with the same optimised HLO.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
 
 def _run_once(fn, *args):
-    """Compiles fn for args (fast options where this jaxlib knows them) and runs it."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options=_FAST_COMPILE)
-    except jax.errors.JaxRuntimeError as e:
-        if "No such compile option" not in str(e):
-            raise
-        compiled = lowered.compile()
-    return compiled(*args)
+    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
+    return jax.jit(fn)(*args)
 
 
 @pytest.fixture(scope="module")

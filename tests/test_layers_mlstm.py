@@ -16,9 +16,6 @@ from mad_jax.layers.mlstm import mlstm_chunked, mlstm_recurrent
 CONFIG = {"num_heads": 4, "chunk_size": 8}  # width 32: inner 64, 4 heads of 16
 DIM = 32
 LENGTHS = (16, 21)  # 2 chunks of 8; 2 chunks and a partial one
-# Each program here runs once, so compiling dominates: XLA:CPU without LLVM optimisation compiles
-# several times faster, with the same optimised HLO.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +26,8 @@ def _full_precision_matmuls():
 
 
 def _run_once(fn, *args):
-    """Compiles fn for args (fast options where this jaxlib knows them) and runs it."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options=_FAST_COMPILE)
-    except jax.errors.JaxRuntimeError as e:
-        if "No such compile option" not in str(e):
-            raise
-        compiled = lowered.compile()
-    return compiled(*args)
+    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
+    return jax.jit(fn)(*args)
 
 
 def _x(shape, seed=0):

@@ -57,22 +57,10 @@ BF16_PRIMITIVES = {
 }
 
 
-# Each program here runs once, so compiling dominates: without LLVM optimisation and with the
-# classic elemental emitters XLA:CPU compiles these 3-4x faster. The optimised HLO, and with it
-# every dtype and rounding, is the same.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
 def _compile(fn, *args):
-    """Compiles fn for args (fast options where this jaxlib knows them) and runs it."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options=_FAST_COMPILE)
-    except jax.errors.JaxRuntimeError as e:
-        if "No such compile option" not in str(e):
-            raise
-        compiled = lowered.compile()
-    return compiled(*args)
+    """fn compiled for args and run (each program here runs once: tests/conftest.py sets the
+    fast-compile flags)."""
+    return jax.jit(fn)(*args)
 
 
 def _rel_l2(a, b):

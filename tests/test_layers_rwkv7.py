@@ -13,25 +13,6 @@ from mad_jax.layers.accounting import dense_flops
 
 F64 = np.float64
 DIM, SEQ_LEN, HEAD = 32, 12, 16
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _fast_jit(fn):
-    """fn compiled once with fast XLA:CPU options (as tests/test_layers_precision.py)."""
-    compiled = {}
-
-    def call(*args):
-        if "fn" not in compiled:
-            lowered = jax.jit(fn).lower(*args)
-            try:
-                compiled["fn"] = lowered.compile(compiler_options=_FAST_COMPILE)
-            except jax.errors.JaxRuntimeError as e:
-                if "No such compile option" not in str(e):
-                    raise
-                compiled["fn"] = lowered.compile()
-        return compiled["fn"](*args)
-
-    return call
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,8 +20,8 @@ def _layer():
     """The registered layer at width 32 (2 heads of 16), params and input, built once."""
     layer = layers.make_layer("rwkv7-time-mixer")
     x = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, DIM), jnp.float32)
-    params = nn.meta.unbox(_fast_jit(layer.init)(jax.random.key(1), x)["params"])
-    apply = _fast_jit(lambda p, x: layer.apply({"params": p}, x, mutable=["intermediates"]))
+    params = nn.meta.unbox(jax.jit(layer.init)(jax.random.key(1), x)["params"])
+    apply = jax.jit(lambda p, x: layer.apply({"params": p}, x, mutable=["intermediates"]))
     return layer, params, x, apply
 
 
@@ -161,7 +142,7 @@ def test_rejects_width_not_multiple_of_head_dim():
 def _model_mixer(backbone):
     model = models.build(["rwkv7-time-mixer", "swiglu"], vocab_size=16, max_length=32, dim=32,
                          backbone=backbone)
-    params = _fast_jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     return nn.unbox(params)["encoder"]["block_0"]["mixer"]
 
 
@@ -184,7 +165,7 @@ def test_bfloat16_forward_is_finite_and_close():
     layer, params, x, apply = _layer()
     y32 = np.asarray(apply(params, x)[0])
     layer16 = layers.make_layer("rwkv7-time-mixer", dtype=jnp.bfloat16)
-    y16 = _fast_jit(lambda p, x: layer16.apply({"params": p}, x))(params, x.astype(jnp.bfloat16))
+    y16 = jax.jit(lambda p, x: layer16.apply({"params": p}, x))(params, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
     y16 = np.asarray(y16, np.float32)
     assert np.all(np.isfinite(y16))
