@@ -138,18 +138,15 @@ def check_mesh(config, num_runs: int) -> dict:
 def validate(config) -> dict:
     """Checks everything that can be checked before training; returns the parsed sweep plan."""
     from mad_jax import models, protocol
+    from mad_jax.protocol import validation
     from mad_jax.training import DEFAULT_GRID, TrainConfig
+    from mad_jax.training.train import model_max_length
 
     try:
         preset = protocol.get_preset(config.preset)
         tasks = protocol.check_tasks(config.tasks)
         grid = parse_grid(config.grid)
         archs = architectures(config)
-        for name, layers in archs.items():
-            try:
-                models.build(layers, vocab_size=16, max_length=8, dim=config.dim, norm=config.norm)
-            except ValueError as e:
-                raise SweepError(f"architecture {name!r}: {e}") from None
         seeds = config.get("seeds", 1)
         if not isinstance(seeds, int) or seeds < 1:
             raise SweepError(f"seeds must be a positive integer, got {seeds!r}")
@@ -157,6 +154,16 @@ def validate(config) -> dict:
         overrides.update(check_mesh(config, len(grid or preset.grid or DEFAULT_GRID) * seeds))
         protocol.train_config(preset, seed=config.seed, overrides=overrides)
         TrainConfig.from_any(overrides)
+        # Every architecture against the data it will see, before any workdir is touched.
+        planned = protocol.plan(tasks, preset)
+        for name, layers in archs.items():
+            try:
+                models.parse_layers(layers)
+            except ValueError as e:
+                raise SweepError(f"architecture {name!r}: {e}") from None
+            validation.check_architecture(
+                make_model_fn(layers, dim=config.dim, norm=config.norm), planned, arch=name,
+                data_seed=config.seed, max_length=model_max_length)
     except (ValueError, KeyError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise SweepError(" ".join(str(text).split())) from None

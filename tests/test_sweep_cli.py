@@ -123,8 +123,9 @@ def test_paper_config_variants_and_arch_selection(tmp_path):
     cpu.archs = "transformer,rnn"
     with pytest.raises(sweep.SweepError, match="unknown architecture.*'rnn'"):
         sweep.architectures(cpu)
-    # Every architecture of the paper builds from registered layers.
-    plan = sweep.validate(paper.get_config(f"workdir={tmp_path}"))
+    # Every architecture of the paper builds from registered layers and checks out against a
+    # task's data (one task keeps this cheap: validation builds each on its bounding settings).
+    plan = sweep.validate(paper.get_config(f"workdir={tmp_path},tasks=in-context-recall"))
     assert set(plan["archs"]) == set(paper.ARCHITECTURES)
     with pytest.raises(sweep.SweepError, match="seeds must be a positive integer"):
         sweep.validate(paper.get_config(f"workdir={tmp_path},seeds=0"))
@@ -192,3 +193,11 @@ def test_ctrl_c_while_compiling_exits_cleanly(tmp_path):
     assert proc.returncode == 130, stderr[-2000:]  # not 139 (a crash inside XLA)
     assert "Traceback" not in stderr and len(_error_lines(stderr)) <= 1
     assert "stopping at the next step boundary" in stderr
+
+
+def test_architecture_checked_before_the_workdir_is_touched(tmp_path):
+    workdir = tmp_path / "w"
+    with pytest.raises(sweep.SweepError, match=r"layer 'mh-attention' \(block 2\) does not build "
+                                               r"at dim=100: width 100 is not divisible"):
+        sweep.validate(_config(workdir=str(workdir), dim=100, tasks="memorization"))
+    assert not workdir.exists()

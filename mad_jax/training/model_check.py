@@ -60,10 +60,12 @@ def check_model(model: Any, *, arch: str, task: str, vocab_size: int, inputs: np
         failing = _failing_layer(model, x_1xL.shape[1])
         if failing is not None:
             i, name, error = failing
-            raise ModelError(
-                f"architecture {arch!r}: layer {name!r} (block {i}) does not build at "
-                f"dim={model.dim}: {_first_line(error)}; choose a dim it accepts or change its "
-                f"config (layer_configs={{{name!r}: {{...}}}})") from None
+            reason = _first_line(error)
+            fix = ("" if ";" in reason else  # the layer's own message already names the fix
+                   f"; choose a dim it accepts or change its config "
+                   f"(layer_configs={{{name!r}: {{...}}}})")
+            raise ModelError(f"architecture {arch!r}: layer {name!r} (block {i}) does not build "
+                             f"at dim={model.dim}: {reason}{fix}") from None
         raise ModelError(f"architecture {arch!r} does not build for {task}: "
                             f"{_first_line(e)}") from None
     classes = getattr(logits, "shape", (None,))[-1]
