@@ -1,6 +1,8 @@
 """Helpers shared by the kernels: errors, target selection, padding, dot precision."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -73,3 +75,31 @@ def dot_precision(name: str, interpret) -> object:
     if interpret is not False and interpret is not None:
         return lax.Precision.HIGHEST
     return _PRECISIONS[name]
+
+
+MIN_DOT = 16  # Triton matmul dimensions are >= 16
+
+
+class ChunkPlan(NamedTuple):
+    """Geometry of a chunked [B, H, L, K] x [B, H, L, V] kernel: the sizes and their padded
+    versions, and the value tile (hashable: a static argument of a custom VJP)."""
+    seq_len: int
+    dk: int
+    dv: int
+    seq_len_p: int
+    dk_p: int
+    dv_p: int
+    block_v: int
+
+
+def chunk_plan(config, q_shape, dv: int) -> ChunkPlan:
+    """L padded to whole `config.chunk`s, K to a power of 2 (>= MIN_DOT), V to whole value tiles
+    of at most `config.block_v`; UnsupportedShapeError for a chunk no GPU matmul can take."""
+    _, _, seq_len, dk = q_shape
+    if not config.interpret and config.chunk < MIN_DOT:
+        raise UnsupportedShapeError(
+            f"GPU kernel needs chunk >= {MIN_DOT} (a matmul dimension), got {config.chunk}")
+    dk_p = max(next_power_of_2(dk), MIN_DOT)
+    block_v = min(config.block_v, max(next_power_of_2(dv), MIN_DOT))
+    return ChunkPlan(seq_len, dk, dv, round_up(seq_len, config.chunk), dk_p,
+                     round_up(dv, block_v), block_v)

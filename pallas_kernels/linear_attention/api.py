@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ from pallas_kernels.linear_attention import backward, forward
 from pallas_kernels.linear_attention.config import LinearAttentionConfig
 
 f32 = jnp.float32
-_MIN_DOT = 16  # Triton matmul dimensions are >= 16
 
 
 def linear_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, log_decay_BxHxLxK=None, bonus_HxK=None, *,
@@ -39,7 +37,7 @@ def linear_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, log_decay_BxHxLxK=None, bo
     if target != "gpu":
         raise _common.UnsupportedShapeError(
             f"linear_attention has no {target} kernel; use the XLA reference there")
-    plan = _plan(config, q_BxHxLxK.shape, v_BxHxLxV.shape[-1])
+    plan = _common.chunk_plan(config, q_BxHxLxK.shape, v_BxHxLxV.shape[-1])
     return _linear_attention(config, plan, q_BxHxLxK, k_BxHxLxK, v_BxHxLxV, log_decay_BxHxLxK)
 
 
@@ -55,29 +53,7 @@ def _check_shapes(q, k, v, g):
             _common.check_float(name, a)
 
 
-class _Plan(NamedTuple):
-    """Kernel geometry: padded sizes and tiles (hashable: a static argument of the custom VJP)."""
-    seq_len: int
-    dk: int
-    dv: int
-    seq_len_p: int
-    dk_p: int
-    dv_p: int
-    block_v: int
-
-
-def _plan(config, q_shape, dv) -> _Plan:
-    _, _, seq_len, dk = q_shape
-    if not config.interpret and config.chunk < _MIN_DOT:
-        raise _common.UnsupportedShapeError(
-            f"GPU kernel needs chunk >= {_MIN_DOT} (a matmul dimension), got {config.chunk}")
-    dk_p = max(_common.next_power_of_2(dk), _MIN_DOT)
-    block_v = min(config.block_v, max(_common.next_power_of_2(dv), _MIN_DOT))
-    return _Plan(seq_len, dk, dv, _common.round_up(seq_len, config.chunk), dk_p,
-                 _common.round_up(dv, block_v), block_v)
-
-
-def _flat(plan: _Plan, a, width_p):
+def _flat(plan: _common.ChunkPlan, a, width_p):
     """[B, H, L, X] -> [B*H, Lp, Xp], zero-padded (zero q, k, v and log decay add nothing)."""
     a = a.reshape((-1,) + a.shape[2:])
     a = _common.pad_axis(a, 1, 0, plan.seq_len_p - plan.seq_len)
