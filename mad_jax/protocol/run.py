@@ -419,16 +419,17 @@ def _write_result_file(run_dir, results, runs, *, task, name, setting, preset, a
     """The setting's result.json: its identity, every run's curves (earlier ones kept) and every
     row of the setting in the table (a damaged results.csv is rebuilt from these files)."""
     path = os.path.join(run_dir, "result.json")
-    earlier = []
     try:
         with open(path) as f:
             old = json.load(f)
-        if old.get("identity") == identity:
-            earlier = old.get("runs", [])
-    except (OSError, ValueError):
-        pass
-    run_key = lambda r: results_table.key(arch, task, name, r["learning_rate"],  # noqa: E731
-                                          r["weight_decay"], r.get("seed"))
+    except (OSError, ValueError):  # none yet, or damaged: only this invocation's runs are kept
+        old = {}
+    earlier = old.get("runs", []) if old.get("identity") == identity else []
+
+    def run_key(r):
+        return results_table.key(arch, task, name, r["learning_rate"], r["weight_decay"],
+                                 r.get("seed"))
+
     new_keys = {run_key(r) for r in runs}
     all_runs = [r for r in earlier if run_key(r) not in new_keys] + list(runs)
     mine = results[(results["task"] == task) & (results["setting"] == name)
