@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mad_jax import models, tasks, training
-from mad_jax.training.train import compile_grid_programs, _pad_test_set
+from mad_jax import models, sharding, tasks, training
+from mad_jax.training import loop
 
 
 def _time_steps(step, states, batches, n_steps):
@@ -53,33 +53,42 @@ def main() -> None:
     setting = tasks.settings(args.task)[0]
     setting.update(num_train_examples=4 * args.batch_size, num_test_examples=args.batch_size)
     inputs, targets = tasks.load(args.task, setting, "train", seed=0)
-    test = _pad_test_set(*tasks.load(args.task, setting, "test", seed=0), args.batch_size)
+    test = loop.pad_eval_set(*tasks.load(args.task, setting, "test", seed=0), args.batch_size)
     model = models.build(args.layers, vocab_size=setting["vocab_size"],
                          max_length=inputs.shape[1], dim=args.dim,
                          backbone=tasks.TASK_BACKBONE[args.task])
-    batches = [{"inputs": jnp.asarray(inputs[i::4][:args.batch_size]),
-                "targets": jnp.asarray(targets[i::4][:args.batch_size])} for i in range(4)]
-    batch_spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                        batches[0])
+    host_batches = [{"inputs": inputs[i::4][:args.batch_size],
+                     "targets": targets[i::4][:args.batch_size]} for i in range(4)]
     tx = training.make_optimizer()
-    params = training.init_params(model, jax.random.key(0), batches[0]["inputs"][:1])
+    params = sharding.unbox(training.init_params(model, jax.random.key(0),
+                                                 jnp.asarray(host_batches[0]["inputs"][:1])))
+    specs = sharding.param_specs(model, jnp.asarray(host_batches[0]["inputs"][:1]))
     rng = jax.random.key_data(jax.random.key(1))
     grid = training.DEFAULT_GRID
     rows = []
 
-    # vmapped: one program, six runs.
-    state = training.init_grid_state(params, tx, grid, total_steps=1000, rng=rng)
-    t0 = time.perf_counter()
-    train_c, _ = compile_grid_programs(model, tx, state, batch_spec, test, vmapped=True,
-                                       min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
-    vmapped_compile_s = time.perf_counter() - t0
+    def programs_for(runs, vmapped):
+        """(grid state, compiled programs, compile seconds) of `runs` on one device."""
+        part = loop.make_partitioner("", group_size=len(runs),
+                                     batch_sizes={"batch_size": args.batch_size})
+        state, shardings = loop.create_state(
+            part, lambda p, r: training.init_grid_state(p, tx, runs, total_steps=1000, rng=r),
+            params, rng, params_specs=specs)
+        t0 = time.perf_counter()
+        programs = loop.compile_programs(model, tx, part, state, shardings,
+                                         batch_shape=(args.batch_size, inputs.shape[1]),
+                                         eval_shape=test[0].shape, vmapped=vmapped)
+        return state, programs, time.perf_counter() - t0
 
+    # vmapped: one program, six runs.
+    state, programs, vmapped_compile_s = programs_for(grid, True)
+    train_c = programs.train
+    batches = [programs.place(b) for b in host_batches]
     # sequential: six single-run states, the same single-run program called six times per step.
-    states = [training.init_grid_state(params, tx, [g], total_steps=1000, rng=rng) for g in grid]
-    t0 = time.perf_counter()
-    single_c, _ = compile_grid_programs(model, tx, states[0], batch_spec, test, vmapped=False,
-                                        min_learning_rate=1e-6, tx_key=("adamw", 0.9, 0.999, 1e-8))
-    sequential_compile_s = time.perf_counter() - t0
+    singles = [programs_for([g], False) for g in grid]
+    states = [s for s, _, _ in singles]
+    single_c = singles[0][1].train
+    sequential_compile_s = singles[0][2]
 
     timings = {"vmapped": [], "sequential": []}
     for _ in range(args.repeats):  # the two modes take turns, so load changes hit both alike

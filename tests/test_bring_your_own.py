@@ -161,21 +161,27 @@ class _Zero(nn.Module):
         return jnp.zeros_like(x_BxLxD)
 
 
-def test_replacing_a_registered_layer_is_not_served_from_compiled_caches():
+def test_a_built_model_keeps_its_layers_when_the_registry_changes():
+    """Layers are resolved when the model is built: replacing a registered name changes models
+    built afterwards, never one built before (so no compiled program goes stale)."""
     layers.register_layer("user-replaced-mixer", CausalConvMixer, {"width": 2})
-    model = models.build("user-replaced-mixer", vocab_size=16, max_length=8, dim=16)
-    tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    try:
+        model = models.build("user-replaced-mixer", vocab_size=16, max_length=8, dim=16)
+        tokens = np.arange(16, dtype=np.int32).reshape(2, 8)
 
-    def train_loss():
-        result = mad_jax.training.fit(
-            model, (np.asarray(tokens), np.asarray(tokens)), (np.asarray(tokens),) * 2,
-            {"train_steps": 2, "batch_size": 2, "stop_accuracy": None}, log=lambda s: None)
-        return result[0]["final_train_loss"]
+        def train_loss(m):
+            result = mad_jax.training.fit(
+                m, (tokens, tokens), (tokens, tokens),
+                {"train_steps": 2, "batch_size": 2, "stop_accuracy": None}, log=lambda s: None)
+            return result[0]["final_train_loss"]
 
-    before = train_loss()
-    layers.register_layer("user-replaced-mixer", _Zero, overwrite=True)
-    after = train_loss()  # the same Module object: only the registry says what it contains
-    layers.register_layer("user-replaced-mixer", CausalConvMixer, {"width": 2}, overwrite=True)
-    assert after != pytest.approx(before)
-    assert train_loss() == pytest.approx(before)
-    del layers.LAYERS["user-replaced-mixer"]
+        before = train_loss(model)
+        layers.register_layer("user-replaced-mixer", _Zero, overwrite=True)
+        rebuilt = models.build("user-replaced-mixer", vocab_size=16, max_length=8, dim=16)
+        assert rebuilt.resolved_layers[0][1] is _Zero
+        assert model.resolved_layers[0][1] is CausalConvMixer
+        assert train_loss(model) == pytest.approx(before)  # the old model: the old layer
+        assert train_loss(rebuilt) != pytest.approx(before)
+        assert model != rebuilt and hash(model) != hash(rebuilt)
+    finally:
+        del layers.LAYERS["user-replaced-mixer"]

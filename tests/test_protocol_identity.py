@@ -169,3 +169,36 @@ def test_fingerprints_survive_the_csv_as_text(tmp_path):
     path.write_text(path.read_text().replace("12e4567890123456", "not-a-fingerprint"))
     with pytest.raises(results_table.ResultsError, match="has fingerprint 'not-a-fingerprint'"):
         results_table.read(path)
+
+
+# Fingerprints computed by the release before the runner redesign: results written then must stay
+# valid (a changed fingerprint would refuse or redo every finished run of a user's workdir).
+STABLE_FINGERPRINTS = [
+    # task, layers, preset, layer_configs, model part, train part, run (lr 1e-3, wd 0.1, seed 0)
+    ("in-context-recall", "hyena swiglu mh-attention swiglu", "full", None,
+     "77e6465819c45cc0", "bf848f98917de523", "87b75b2eb267ad36"),
+    ("compression", "hyena swiglu mh-attention swiglu", "smoke", None,
+     "c6c4dd3360ec6558", "80c5768d5dd9888c", "16d1b802bba6089a"),
+    ("memorization", "(mamba swiglu)x2", "quick", {"mamba": {"d_state": 8}},
+     "d0d2fefcf53c0685", "1434a67a965343af", "9bdfc325ab22c07f"),
+]
+
+
+@pytest.mark.parametrize("task,layers,preset,configs,model_fp,train_fp,run_fp",
+                         STABLE_FINGERPRINTS)
+def test_fingerprints_are_stable_across_releases(task, layers, preset, configs, model_fp,
+                                                 train_fp, run_fp):
+    import importlib
+
+    from mad_jax import tasks
+    from mad_jax.protocol.presets import get_preset
+
+    run_module = importlib.import_module("mad_jax.protocol.run")
+    setting = tasks.settings(task)[0]
+    model = models.build(layers, vocab_size=setting["vocab_size"], max_length=setting["seq_len"],
+                         backbone=tasks.TASK_BACKBONE[task], layer_configs=configs)
+    cfg = run_module.train_config(get_preset(preset), seed=0)
+    identity = run_module.setting_identity(model, task, setting, cfg)
+    assert fingerprint.fingerprint(identity["model"]) == model_fp
+    assert fingerprint.fingerprint(identity["train"]) == train_fp
+    assert run_module.run_fingerprint(identity, 1e-3, 0.1, 0) == run_fp

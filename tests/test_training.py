@@ -12,7 +12,7 @@ import pytest
 from mad_jax import training
 from mad_jax.training import TrainConfig, to_steps
 from mad_jax.training.losses import class_stats, macro_accuracy, sum_aux_losses, token_stats
-from mad_jax.training.optimizer import cosine_learning_rate, make_optimizer, set_hyperparams
+from mad_jax.training.optimizer import make_optimizer, set_hyperparams, warmup_cosine
 
 VOCAB, LENGTH, DIM = 16, 16, 32
 
@@ -105,14 +105,19 @@ def test_train_config_budget_families_and_unknown_keys():
         TrainConfig.from_any({"lerning_rate": 1e-3})
 
 
+def cosine(step, total, peak, decay_every_steps=1):
+    return warmup_cosine(step, total_steps=total, peak=peak, floor=1e-6,
+                         decay_every_steps=decay_every_steps)
+
+
 def test_cosine_schedule_per_step_and_per_epoch():
     peak = jnp.float32(1e-3)
-    assert float(cosine_learning_rate(0, 100, peak)) == pytest.approx(1e-3)
-    assert float(cosine_learning_rate(50, 100, peak)) == pytest.approx((1e-3 + 1e-6) / 2)
-    assert float(cosine_learning_rate(100, 100, peak)) == pytest.approx(1e-6)
+    assert float(cosine(0, 100, peak)) == pytest.approx(1e-3)
+    assert float(cosine(50, 100, peak)) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert float(cosine(100, 100, peak)) == pytest.approx(1e-6)
     # Per epoch (10 steps each, 4 epochs): torch's CosineAnnealingLR(T_max=4) stepped per epoch.
     torch_rates = [1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
-    ours = [float(cosine_learning_rate(s, 40, peak, decay_every_steps=10)) for s in range(40)]
+    ours = [float(cosine(s, 40, peak, decay_every_steps=10)) for s in range(40)]
     np.testing.assert_allclose(ours, np.repeat(torch_rates, 10), rtol=1e-6)
 
 
@@ -362,6 +367,19 @@ def test_checkpoint_from_other_config_is_not_used(tmp_path):
     messages = []
     fit({"grid": grid[::-1]}, out_dir=out, log=messages.append)
     assert any("another config" in m for m in messages)
+
+
+def test_checkpoint_of_an_older_state_layout_restarts_the_run(tmp_path, grid_vmapped):
+    """A checkpoint written before the state layout changed (no `state_format` in its record)
+    is not restored: one line says the run restarts, and it trains to the same result."""
+    out = str(tmp_path / "run")
+    old = training.Checkpointer(os.path.join(out, "checkpoints"))
+    old.save(5, {"params": np.zeros(3, np.float32)}, {"step": 5, "fingerprint": {"seed": 0}})
+    old.close()
+    messages = []
+    again = fit({"grid": training.DEFAULT_GRID}, out_dir=out, log=messages.append)
+    assert any("older mad_jax" in m and "restarts from step 0" in m for m in messages), messages
+    assert _strip(again) == _strip(grid_vmapped)
 
 
 def test_tensorboard_events_written(tmp_path):

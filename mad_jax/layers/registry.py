@@ -16,10 +16,9 @@ A layer module follows one contract:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
-import jax
 
 
 class LayerSpec(NamedTuple):
@@ -30,15 +29,9 @@ class LayerSpec(NamedTuple):
 
 
 LAYERS: dict[str, LayerSpec] = {}
-_generation = 0  # bumped when a registered name is replaced
-
-
-def registry_generation() -> int:
-    """A counter that changes whenever a registered layer is replaced (`overwrite=True`).
-
-    Models name their layers, so caches of compiled programs keyed on a model include it.
-    """
-    return _generation
+# One resolved layer of a model: (name, module class, its registered default config as sorted
+# (key, value) pairs); a model's overrides apply on top.
+ResolvedLayer = tuple[str, type, tuple[tuple[str, Any], ...]]
 
 
 def register_layer(name: str, module: type[nn.Module], config: Mapping[str, Any] | None = None,
@@ -59,11 +52,8 @@ def register_layer(name: str, module: type[nn.Module], config: Mapping[str, Any]
     unknown = sorted(k for k in config if k not in fields)
     if unknown:
         raise ValueError(f"layer {name!r}: config keys {unknown} are not fields of {module.__name__}")
-    if name in LAYERS:
-        # Models hash by their layer names: programs compiled for the old layer must not be reused.
-        global _generation
-        _generation += 1
-        jax.clear_caches()
+    # Models built before a replacement keep the class they resolved (`resolve_layers`), so no
+    # compiled program has to be invalidated here.
     LAYERS[name] = LayerSpec(module, config)
     return module
 
@@ -87,3 +77,17 @@ def make_layer(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(f"layer {name!r}: unknown config keys {unknown}; "
                          f"valid keys: {sorted(k for k in fields if k not in ('parent', 'name'))}")
     return spec.module(**{**spec.config, **overrides})
+
+
+def resolve_layers(names: Sequence[str],
+                   resolved: Sequence[ResolvedLayer] = ()) -> tuple[ResolvedLayer, ...]:
+    """Each layer name as the registry holds it now: (name, module class, default config).
+
+    resolved: entries resolved before (a clone of a built model); kept when their names still
+      match, so a built model's layers never change when the registry does.
+    """
+    if tuple(entry[0] for entry in resolved) == tuple(names):
+        return tuple(resolved)
+    specs = [(name, get_layer_spec(name)) for name in names]
+    return tuple((name, spec.module, tuple(sorted(spec.config.items()))) for name, spec in specs)
+

@@ -20,8 +20,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mad_jax.layers.initializers import linear_init_override
+from mad_jax.layers.registry import ResolvedLayer
 from mad_jax.models.blocks import make_norm
-from mad_jax.models.language_model import Encoder, Unembed
+from mad_jax.models.language_model import Encoder, Unembed, resolve_in_place
 from mad_jax.models.positions import sincos_positions
 
 LINEAR_INIT_STD = 0.02  # the reference autoencoder's `initializer_range`
@@ -68,6 +69,11 @@ class AutoEncoder(nn.Module):
     position_embedding: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    resolved_layers: tuple[ResolvedLayer, ...] = ()
+
+    def __post_init__(self):
+        resolve_in_place(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, tokens_BxL: jnp.ndarray) -> jnp.ndarray:
@@ -75,7 +81,8 @@ class AutoEncoder(nn.Module):
         with linear_init_override(nn.initializers.normal(LINEAR_INIT_STD), nn.initializers.zeros):
             x_BxLxD = Encoder(self.layers, self.vocab_size, self.max_length, self.dim, self.norm,
                               self.layer_overrides, self.position_embedding, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="encoder")(tokens_BxL)
+                              param_dtype=self.param_dtype, resolved_layers=self.resolved_layers,
+                              name="encoder")(tokens_BxL)
             code_BxD = x_BxLxD[:, -1, :]
             h_BxLxD = Decoder(tokens_BxL.shape[1], self.norm, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="decoder")(code_BxD)

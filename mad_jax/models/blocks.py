@@ -6,8 +6,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mad_jax.layers import registry
-
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -28,11 +26,14 @@ def make_norm(norm: str, *, dtype: Any, param_dtype: Any, name: str | None = Non
 
 
 class Block(nn.Module):
-    """x + layer(norm(x)) for one registered layer.
+    """x + layer(norm(x)) for one layer, resolved when the model was built.
 
     Attributes:
-      layer: registered layer name.
-      overrides: (key, value) pairs that update the layer's default config.
+      layer: the layer's registered name (for messages and parameter-free descriptions).
+      module: the layer's module class, as the registry held it when the model was built
+        (`registry.resolve_layers`): tracing never looks a name up.
+      defaults: (key, value) pairs of the layer's registered default config.
+      overrides: (key, value) pairs that update the default config.
       norm: "layernorm" or "rmsnorm".
       max_length: the model's longest input; given, like dtype and param_dtype, to a layer that
         has a field of that name (the Hyena filters size their positional embedding by it, as
@@ -40,6 +41,8 @@ class Block(nn.Module):
     """
 
     layer: str
+    module: Any
+    defaults: tuple[tuple[str, Any], ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
     norm: str = "layernorm"
     max_length: int | None = None
@@ -48,13 +51,12 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
-        spec = registry.get_layer_spec(self.layer)
-        config = {**spec.config, **dict(self.overrides)}
-        fields = getattr(spec.module, "__dataclass_fields__", {})
+        config = {**dict(self.defaults), **dict(self.overrides)}
+        fields = getattr(self.module, "__dataclass_fields__", {})
         for key in ("dtype", "param_dtype", "max_length"):
             if key in fields and key not in dict(self.overrides):
                 config[key] = getattr(self, key)
-        mixer = spec.module(**config, name="mixer")
+        mixer = self.module(**config, name="mixer")
         h_BxLxD = make_norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x_BxLxD)
         y_BxLxD = mixer(h_BxLxD)
         x_BxLxD = x_BxLxD + y_BxLxD.astype(x_BxLxD.dtype)

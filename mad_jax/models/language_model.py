@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mad_jax.layers.initializers import torch_linear_init
+from mad_jax.layers.registry import ResolvedLayer, resolve_layers
 from mad_jax.models.blocks import Block, make_norm
 from mad_jax.models.positions import sincos_positions
 
@@ -67,6 +68,8 @@ class Encoder(nn.Module):
       layers: registered layer names, one pre-norm residual block each.
       vocab_size, dim, position_embedding: as in `LanguageModel`.
       layer_overrides: (layer name, ((key, value), ...)) pairs updating that layer's default config.
+      resolved_layers: (name, module class, default config) per layer, from the registry when the
+        model is constructed (`registry.resolve_layers`); later registry changes do not reach it.
     """
 
     layers: tuple[str, ...]
@@ -78,6 +81,11 @@ class Encoder(nn.Module):
     position_embedding: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    resolved_layers: tuple[ResolvedLayer, ...] = ()
+
+    def __post_init__(self):
+        resolve_in_place(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, tokens_BxL: jnp.ndarray) -> jnp.ndarray:
@@ -85,9 +93,9 @@ class Encoder(nn.Module):
         x_BxLxD = Embed(self.vocab_size, self.dim, self.max_length, self.position_embedding,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(tokens_BxL)
         overrides = dict(self.layer_overrides)
-        for i, name in enumerate(self.layers):
-            x_BxLxD = Block(name, overrides.get(name, ()), self.norm, self.max_length,
-                            dtype=self.dtype, param_dtype=self.param_dtype,
+        for i, (name, module, defaults) in enumerate(self.resolved_layers):
+            x_BxLxD = Block(name, module, defaults, overrides.get(name, ()), self.norm,
+                            self.max_length, dtype=self.dtype, param_dtype=self.param_dtype,
                             name=f"block_{i}")(x_BxLxD)
         return x_BxLxD
 
@@ -103,6 +111,7 @@ class LanguageModel(nn.Module):
       norm: "layernorm" (default) or "rmsnorm".
       layer_overrides: (layer name, ((key, value), ...)) pairs updating that layer's default config.
       position_embedding: "none" (default, as in MAD) or "sincos".
+      resolved_layers: (name, module class, default config) per layer (see `Encoder`).
     """
 
     layers: tuple[str, ...]
@@ -114,15 +123,29 @@ class LanguageModel(nn.Module):
     position_embedding: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    resolved_layers: tuple[ResolvedLayer, ...] = ()
+
+    def __post_init__(self):
+        resolve_in_place(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, tokens_BxL: jnp.ndarray) -> jnp.ndarray:
         """Token ids [B, L] -> next-token logits [B, L, V] (float32)."""
         x_BxLxD = Encoder(self.layers, self.vocab_size, self.max_length, self.dim, self.norm,
                           self.layer_overrides, self.position_embedding, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="encoder")(tokens_BxL)
+                          param_dtype=self.param_dtype, resolved_layers=self.resolved_layers,
+                          name="encoder")(tokens_BxL)
         return Unembed(self.vocab_size, self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
                        name="unembed")(x_BxLxD)
+
+
+def resolve_in_place(module: nn.Module) -> None:
+    """Sets a backbone's `resolved_layers` from its `layers` (kept when a clone's names match).
+
+    Called from `__post_init__`, before flax freezes the fields."""
+    object.__setattr__(module, "resolved_layers",
+                       resolve_layers(module.layers, module.resolved_layers))
 
 
 def _check_length(tokens_BxL: jnp.ndarray, max_length: int) -> None:

@@ -58,17 +58,15 @@ def _describe_class(cls) -> Any:
 
 
 def _resolved_layers(module) -> list | None:
-    """For a mad_jax backbone (layer names + overrides): every layer as the registry builds it
-    now, class and fields, so re-registering a name under another module changes the identity."""
-    names, overrides = getattr(module, "layers", None), getattr(module, "layer_overrides", None)
-    if not (isinstance(names, tuple) and names and all(isinstance(n, str) for n in names)
-            and isinstance(overrides, tuple)):
+    """For a mad_jax backbone: every layer as it was resolved when the model was built (class and
+    all fields), so a model over a name registered to another module has another identity."""
+    resolved, overrides = getattr(module, "resolved_layers", None), getattr(module, "layer_overrides", ())
+    if not (isinstance(resolved, tuple) and resolved and isinstance(overrides, tuple)):
         return None
-    from mad_jax.layers import registry
-
     configs = {name: dict(items) for name, items in overrides}
     try:
-        return [describe(registry.make_layer(n, **configs.get(n, {}))) for n in names]
+        return [describe(cls(**{**dict(defaults), **configs.get(name, {})}))
+                for name, cls, defaults in resolved]
     except (ValueError, TypeError):
         return None
 
@@ -87,7 +85,7 @@ def describe(obj: Any) -> Any:
         return describe(obj.item())
     if isinstance(obj, nn.Module) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
         fields = {f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                  if f.name not in ("parent", "name")}
+                  if f.name not in ("parent", "name", "resolved_layers")}
         resolved = _resolved_layers(obj)
         if resolved is not None:
             fields["resolved_layers"] = resolved

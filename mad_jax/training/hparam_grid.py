@@ -38,32 +38,37 @@ class GridState:
         return int(self.active.shape[0])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _init_runs(tx, params, lrs, wds, total_steps, rng, decay_every_steps, stacked) -> TrainState:
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _init_runs(tx, params, lrs, wds, rng, schedule, stacked) -> TrainState:
     # Jitted: every leaf gets its own buffer (the state is donated; no two leaves may share one).
     def init(p, lr, wd, key):
-        return init_train_state(p, tx, learning_rate=lr, weight_decay=wd, total_steps=total_steps,
-                                rng=key, decay_every_steps=decay_every_steps)
+        return init_train_state(p, tx, learning_rate=lr, weight_decay=wd, rng=key, **schedule)
     axis = 0 if stacked else None
     return jax.vmap(init, in_axes=(axis, 0, 0, axis))(params, lrs, wds, rng)
 
 
 def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tuple[float, float]],
                     *, total_steps: int, rng: jax.Array, decay_every_steps: int = 1,
+                    warmup_steps: int = 0, min_learning_rate: float = 1e-6,
                     stacked: bool = False) -> GridState:
     """Stacks one fresh TrainState per (lr, wd) of `grid`.
 
     params, rng: shared by every run, or (stacked=True) one per run along a leading axis of size
     len(grid) (the seed axis: each seed's own initial parameters and dropout key).
-    decay_every_steps: 1 (per-step cosine) or the steps of one epoch (per-epoch staircase).
+    total_steps, decay_every_steps, warmup_steps, min_learning_rate: the schedule
+    (`optimizer.warmup_cosine`), shared by the runs.
     """
     lrs = jnp.asarray([g[0] for g in grid], jnp.float32)
     wds = jnp.asarray([g[1] for g in grid], jnp.float32)
-    args = (params, lrs, wds, jnp.int32(total_steps), rng, jnp.int32(decay_every_steps))
+    schedule = {"total_steps": jnp.int32(total_steps),
+                "decay_every_steps": jnp.int32(decay_every_steps),
+                "warmup_steps": jnp.int32(warmup_steps),
+                "min_learning_rate": jnp.float32(min_learning_rate)}
     try:
-        runs = _init_runs(tx, *args, stacked)
+        runs = _init_runs(tx, params, lrs, wds, rng, schedule, stacked)
     except TypeError:  # an optimizer that cannot be a static (hashable) argument
-        runs = jax.jit(_init_runs.__wrapped__, static_argnums=(0, 7))(tx, *args, stacked)
+        runs = jax.jit(_init_runs.__wrapped__, static_argnums=(0, 6))(
+            tx, params, lrs, wds, rng, schedule, stacked)
     r = len(grid)
     return GridState(runs=runs, active=jnp.ones((r,), bool),
                      stop_step=jnp.full((r,), -1, jnp.int32), nonfinite=jnp.zeros((r,), bool))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = -100
+from mad_jax.tasks.registry import IGNORE_INDEX
 
 
 class TokenStats(NamedTuple):

@@ -23,20 +23,19 @@ def _failing_layer(model, length: int):
     import jax
     import jax.numpy as jnp
 
-    from mad_jax.layers import registry
-
-    names, overrides = getattr(model, "layers", None), getattr(model, "layer_overrides", ())
+    resolved, overrides = getattr(model, "resolved_layers", None), getattr(model, "layer_overrides", ())
     dim = getattr(model, "dim", None)
-    if not (isinstance(names, tuple) and isinstance(dim, int)):
+    if not (isinstance(resolved, tuple) and isinstance(dim, int)):
         return None
     configs = {name: dict(items) for name, items in overrides}
     x_1xLxD = jax.ShapeDtypeStruct((1, length, dim), jnp.float32)
-    for i, name in enumerate(names):
+    for i, (name, cls, defaults) in enumerate(resolved):
         try:
-            layer = registry.make_layer(name, **configs.get(name, {}))
-            if "max_length" in getattr(layer, "__dataclass_fields__", {}):
-                layer = layer.clone(max_length=getattr(model, "max_length", length))
-            jax.eval_shape(layer.init, jax.random.key(0), x_1xLxD)
+            own = configs.get(name, {})
+            config = {**dict(defaults), **own}
+            if "max_length" in getattr(cls, "__dataclass_fields__", {}) and "max_length" not in own:
+                config["max_length"] = getattr(model, "max_length", length)
+            jax.eval_shape(cls(**config).init, jax.random.key(0), x_1xLxD)
         except Exception as e:  # noqa: BLE001 - any failure names the layer
             return i, name, e
     return None

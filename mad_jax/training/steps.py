@@ -16,7 +16,7 @@ from flax import struct
 from flax.core import meta
 
 from mad_jax.training import losses
-from mad_jax.training.optimizer import cosine_learning_rate, set_hyperparams
+from mad_jax.training.optimizer import set_hyperparams, warmup_cosine
 from mad_jax.training.precision import cast_params, compute_model
 
 
@@ -29,8 +29,9 @@ class TrainState:
     opt_state: Any         # optax.inject_hyperparams(adamw) state
     rng: jax.Array         # uint32[2] raw key data; step keys are fold_in(rng, step)
     hparams: dict          # {"learning_rate": peak, "weight_decay": wd, "total_steps": schedule
-                           # length, "decay_every_steps": 1 (per step) or an epoch's steps}:
-                           # arrays, so one compiled step serves any run, budget and schedule
+                           # length, "decay_every_steps": 1 (per step) or an epoch's steps,
+                           # "warmup_steps", "min_learning_rate": the schedule's floor}: arrays,
+                           # so one compiled step serves any run, budget and schedule
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -51,16 +52,20 @@ def init_params(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
 
 
 def init_train_state(params, tx: optax.GradientTransformation, *, learning_rate, weight_decay,
-                     total_steps, rng: jax.Array, decay_every_steps=1) -> TrainState:
-    """A fresh state at step 0 for one (learning rate, weight decay) and schedule.
+                     total_steps, rng: jax.Array, decay_every_steps=1, warmup_steps=0,
+                     min_learning_rate=1e-6) -> TrainState:
+    """A fresh state at step 0 for one (learning rate, weight decay) and schedule
+    (`optimizer.warmup_cosine`).
 
     decay_every_steps: 1 decays the learning rate every step; an epoch's steps gives the
-    reference's per-epoch staircase (`optimizer.cosine_learning_rate`).
+    reference's per-epoch staircase. warmup_steps: 0 for the MAD protocol (as the reference).
     """
     hparams = {"learning_rate": jnp.asarray(learning_rate, jnp.float32),
                "weight_decay": jnp.asarray(weight_decay, jnp.float32),
                "total_steps": jnp.asarray(total_steps, jnp.int32),
-               "decay_every_steps": jnp.asarray(decay_every_steps, jnp.int32)}
+               "decay_every_steps": jnp.asarray(decay_every_steps, jnp.int32),
+               "warmup_steps": jnp.asarray(warmup_steps, jnp.int32),
+               "min_learning_rate": jnp.asarray(min_learning_rate, jnp.float32)}
     opt_state = set_hyperparams(tx.init(params), learning_rate=hparams["learning_rate"],
                                 weight_decay=hparams["weight_decay"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
@@ -89,13 +94,14 @@ def make_create_state(model: nn.Module, tx: optax.GradientTransformation, sample
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                    min_learning_rate: float = 1e-6, precision: str = "float32") -> Callable:
+                    precision: str = "float32") -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)`, pure and un-jitted.
 
     Objective: mean cross-entropy over scored positions plus every auxiliary loss the model sows
-    into the "losses" collection. The learning rate follows `cosine_learning_rate` from the state's
-    peak over the state's total_steps (held for decay_every_steps); metrics are scalars: loss,
-    cross_entropy, aux_loss, accuracy (micro), grad_norm, learning_rate.
+    into the "losses" collection. The learning rate follows `optimizer.warmup_cosine` over the
+    state's hparams; gradient clipping, if any, is part of `tx` (`make_optimizer(grad_clip=)`).
+    Metrics are scalars: loss, cross_entropy, aux_loss, accuracy (micro), grad_norm (before
+    clipping), learning_rate.
     precision: "float32" or "bfloat16" (bf16 compute, float32 parameters: `precision.py`).
     """
     model, param_dtype = compute_model(model, precision)
@@ -107,11 +113,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         return ce + aux_loss, (ce, aux_loss, losses.accuracy(stats))
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        lr = cosine_learning_rate(state.step, state.hparams["total_steps"],
-                                  state.hparams["learning_rate"], min_learning_rate,
-                                  state.hparams["decay_every_steps"])
+        h = state.hparams
+        lr = warmup_cosine(state.step, total_steps=h["total_steps"], peak=h["learning_rate"],
+                           floor=h["min_learning_rate"], warmup_steps=h["warmup_steps"],
+                           decay_every_steps=h["decay_every_steps"])
         opt_state = set_hyperparams(state.opt_state, learning_rate=lr,
-                                    weight_decay=state.hparams["weight_decay"])
+                                    weight_decay=h["weight_decay"])
         step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         (loss, (ce, aux_loss, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, step_rng)
@@ -119,7 +126,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {"loss": loss, "cross_entropy": ce, "aux_loss": aux_loss, "accuracy": acc,
-                   "grad_norm": optax.global_norm(grads), "learning_rate": lr}
+                   "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
         return new_state, metrics
 
     return train_step

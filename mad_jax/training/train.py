@@ -1,35 +1,34 @@
-"""The training loop: one setting, one run or a vmapped grid of runs, resumable from checkpoints.
+"""MAD training: one task setting, one run or a vmapped grid of runs, resumable from checkpoints.
 
 `fit` trains a model on arrays; `train` loads a task setting through `mad_jax.tasks` and calls it.
-The loop dispatches step N+1 before reading step N's metrics only at log points (metrics are
-accumulated on device), evaluates the whole test set in one scanned program, stops runs whose loss
-turns non-finite (recorded as failed, the others go on) or whose test accuracy reaches
-`stop_accuracy`, and checkpoints state + history so a killed run resumes to the same result.
+Both are an adapter on `loop.train_loop`: the (lr, wd, seed) runs of a setting are one grid state
+stepped by one program; at each boundary the whole test set is evaluated in one scanned program,
+runs whose test accuracy reaches `stop_accuracy` stop (a run whose loss turns non-finite is
+frozen by the step itself and recorded as failed; the others go on), and state + history are
+checkpointed so a killed run resumes to the same result.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mad_jax.training import losses
-from mad_jax.training.checkpoints import CheckpointError, Checkpointer
-from mad_jax.training import model_check, signals
+from mad_jax import sharding
+from mad_jax.models.accounting import count_params
+from mad_jax.training import loop, losses, model_check
+from mad_jax.training.checkpoints import Checkpointer
 from mad_jax.training.config import TrainConfig, to_steps
-from mad_jax.training.hparam_grid import (GridState, init_grid_state, make_grid_evaluate,
-                                          make_grid_eval_step, make_grid_train_step)
+from mad_jax.training.hparam_grid import GridState, init_grid_state
 from mad_jax.training.metrics_writer import MetricsWriter
 from mad_jax.training.optimizer import make_optimizer
-from mad_jax.training.steps import init_params, make_eval_step, make_train_step
+from mad_jax.training.steps import init_params
 
 BatchFn = Callable[[int], Iterator[Mapping[str, np.ndarray]]]
 # Fields that do not change what a run computes (a checkpoint stays valid when they change).
@@ -45,11 +44,6 @@ def run_name(learning_rate: float, weight_decay: float, seed: int | None = None)
     return name if seed is None else f"{name},seed={seed}"
 
 
-def count_params(params) -> int:
-    """Number of scalars in a parameter pytree (boxed or plain)."""
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
-
-
 def default_batch_fn(inputs: np.ndarray, targets: np.ndarray, *, batch_size: int,
                      seed: int) -> BatchFn:
     """Shuffled, endlessly repeated batches from mad_jax.tasks' resumable pipeline."""
@@ -59,17 +53,6 @@ def default_batch_fn(inputs: np.ndarray, targets: np.ndarray, *, batch_size: int
         return iter(tasks.batches(inputs, targets, batch_size=batch_size, seed=seed, shuffle=True,
                                   num_epochs=None, start_step=start_step, drop_remainder=True))
     return batch_fn
-
-
-def _pad_test_set(inputs: np.ndarray, targets: np.ndarray, batch_size: int):
-    """[N, L] -> [Nb, B, L]; padding rows have targets -100, so they are never scored."""
-    n, length = inputs.shape
-    nb = max(1, math.ceil(n / batch_size))
-    pad = nb * batch_size - n
-    inputs = np.concatenate([inputs, np.zeros((pad, length), inputs.dtype)])
-    targets = np.concatenate([targets, np.full((pad, length), -100, targets.dtype)])
-    return (jnp.asarray(inputs.reshape(nb, batch_size, length), jnp.int32),
-            jnp.asarray(targets.reshape(nb, batch_size, length), jnp.int32))
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -149,11 +132,11 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
         inits[seed] = (init_params(model, init_rng, sample), jax.random.key_data(state_rng))
     n_params = count_params(inits[cfg.run_seeds[0]][0])
     runs = cfg.seeded_runs
-    part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
     eval_bs = cfg.eval_batch_size or bs
-    eval_sets = {"test": _pad_test_set(test_x, test_y, eval_bs)}
+    part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
+    eval_sets = {"test": loop.pad_eval_set(test_x, test_y, eval_bs)}
     if validation_data is not None:
-        eval_sets["validation"] = _pad_test_set(val_x, val_y, eval_bs)
+        eval_sets["validation"] = loop.pad_eval_set(val_x, val_y, eval_bs)
     fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     fingerprint.update(total_steps=total, n_params=n_params,
                        model=hashlib.sha1(repr(model).encode()).hexdigest()[:16],
@@ -161,6 +144,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
                                     *(eval_sets["validation"] if validation_data is not None
                                       else ())))
     fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored in JSON
+    specs = sharding.param_specs(model, sample)
 
     seed_axis = cfg.seeds is not None  # run names carry their seed
     if cfg.vmap or len(runs) == 1:
@@ -174,23 +158,29 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
         if out_dir:
             ckpt_dir = os.path.join(out_dir, "checkpoints")
             if len(groups) > 1:
-                lr, wd, seed = group_runs[0]
-                ckpt_dir = os.path.join(ckpt_dir, run_name(lr, wd, seed if seed_axis else None))
+                ckpt_dir = os.path.join(ckpt_dir, _run_names(group_runs, seed_axis)[0])
         group_seeds = {seed for _, _, seed in group_runs}
-        if len(group_seeds) == 1:  # one seed: every run starts from the same parameters
-            params, rng = inits[group_seeds.pop()]
-            stacked = False
-        else:
-            params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
-                                            *[inits[seed][0] for _, _, seed in group_runs])
+        stacked = len(group_seeds) > 1  # else every run starts from the same parameters
+        if stacked:
+            params = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                  *[inits[seed][0] for _, _, seed in group_runs])
             rng = jnp.stack([inits[seed][1] for _, _, seed in group_runs])
-            stacked = True
-        group_results = _fit_group(
-            group_runs, vmapped=vmapped, model=model, params=params, stacked=stacked, tx=tx,
-            rng=rng, eval_sets=eval_sets, batch_fn=batch_fn, cfg=cfg, total=total,
-            eval_every=eval_every, decay_every=decay_every, ckpt_every=ckpt_every,
-            ckpt_dir=ckpt_dir, out_dir=out_dir, fingerprint=fingerprint, on_log=on_log, log=log,
-            sample_shape=(bs, train_x.shape[1]), part=part, seed_axis=seed_axis)
+        else:
+            params, rng = inits[group_seeds.pop()]
+
+        def create_grid(params, rng, grid=tuple((lr, wd) for lr, wd, _ in group_runs),
+                        stacked=stacked):
+            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=total, rng=rng,
+                                   decay_every_steps=decay_every,
+                                   min_learning_rate=cfg.min_learning_rate, stacked=stacked)
+
+        group_results = _train_group(
+            group_runs, lambda: loop.create_state(part, create_grid, params, rng,
+                                                  params_specs=specs),
+            model, tx, part, eval_sets=eval_sets, batch_fn=batch_fn, cfg=cfg, total=total,
+            eval_every=eval_every, ckpt_every=ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir,
+            fingerprint=fingerprint, on_log=on_log, log=log,
+            sample_shape=(bs, train_x.shape[1]), vmapped=vmapped, seed_axis=seed_axis)
         for i, res in zip(group, group_results):
             res["params"] = n_params
             results[i] = res
@@ -198,265 +188,142 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
 
 
 def make_partitioner(cfg: TrainConfig, *, group_size: int):
-    """The `mad_jax.sharding.Partitioner` of `cfg.mesh`, or None to train on one device.
-
-    group_size: runs trained together (the vmapped grid); the mesh's `sweep` axis must divide it.
-    "auto" puts as many runs side by side as divide both the runs and the devices, and uses the
-    remaining devices data parallel.
-    """
-    if not cfg.mesh:
-        return None
-    from mad_jax import sharding
-
-    mesh = sharding.sweep_mesh(group_size) if cfg.mesh == "auto" else cfg.mesh
-    part = sharding.Partitioner.create(mesh, rules=cfg.sharding_rules or None,
-                                       dcn_mesh=cfg.dcn_mesh or None)
-    sweep = part.mesh.shape["sweep"]
-    if group_size % sweep:
-        raise ValueError(f"mesh {cfg.mesh!r}: its sweep axis ({sweep}) does not divide the "
-                         f"{group_size} runs trained together; use mesh='auto' or "
-                         f"'{sharding.sweep_mesh(group_size)}'")
-    for name, size in (("batch_size", cfg.batch_size),
-                       ("eval_batch_size", cfg.eval_batch_size or cfg.batch_size)):
-        examples = part.mesh.shape["data"] * part.mesh.shape["fsdp"]
-        if size % examples:
-            raise ValueError(f"{name} {size} does not divide over the mesh's data x fsdp axes "
-                             f"({examples} devices); use a multiple of {examples}")
-    return part
+    """The partitioner a MAD grid of `group_size` runs trains on (`loop.make_partitioner` over
+    `cfg.mesh`, its rules and DCN mesh); checks the batch sizes divide over the mesh."""
+    return loop.make_partitioner(
+        cfg.mesh, group_size=group_size, rules=cfg.sharding_rules, dcn_mesh=cfg.dcn_mesh,
+        batch_sizes={"batch_size": cfg.batch_size,
+                     "eval_batch_size": cfg.eval_batch_size or cfg.batch_size})
 
 
-def _host(x) -> np.ndarray:
-    """A (possibly multi-host, sharded) array as one numpy array on every process."""
-    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def _run_names(grid, seed_axis: bool) -> list[str]:
+    return [run_name(lr, wd, seed if seed_axis else None) for lr, wd, seed in grid]
 
 
-def _place(x, sharding):
-    """A host value (identical on every process) as a global array in `sharding`."""
-    if sharding is None:
-        return jnp.asarray(x)
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+class _Bookkeeping:
+    """One group's histories, metric files and early stopping, read at the loop's boundaries."""
+
+    def __init__(self, grid, cfg: TrainConfig, programs: loop.Programs, eval_sets: dict, *,
+                 meta: dict, start: int, total: int, eval_every: int, writers: list, on_log):
+        self.grid, self.cfg, self.programs, self.eval_sets = grid, cfg, programs, eval_sets
+        self.hist, self.start, self.total, self.eval_every = meta["runs"], start, total, eval_every
+        self.writers, self.on_log, self.fingerprint = writers, on_log, meta["fingerprint"]
+        self.elapsed0, self.t_loop = float(meta["elapsed_s"]), time.perf_counter()
+        self.active = None
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t_loop
+
+    def on_boundary(self, step: int, gstate: GridState, means: dict) -> GridState:
+        was_active, self.active = self.active, loop.host_value(gstate.active)
+        for i, h in enumerate(self.hist):
+            if was_active[i] and self.active[i]:
+                h["loss_curve"].append([step, float(means["loss"][i])])
+                if self.writers:
+                    self.writers[i].write(step, {f"train/{k}": v[i] for k, v in means.items()})
+        evals = None
+        if step % self.eval_every == 0 or step == self.total:
+            evals = {name: _eval_summary(self.programs.evaluate_totals(gstate, placed))
+                     for name, placed in self.eval_sets.items()}
+            reached = np.array([self.active[i] and self._record_eval(i, step, evals)
+                                for i in range(len(self.hist))], bool)
+            if reached.any():
+                self.active = self.active & ~reached
+                stop_step = np.where(reached, step, loop.host_value(gstate.stop_step))
+                sh = self.programs.state_shardings
+                shard = self.programs.partitioner.shard_batch
+                gstate = gstate.replace(active=shard(self.active, sh.active),
+                                        stop_step=shard(stop_step.astype(np.int32), sh.stop_step))
+        if self.on_log is not None:
+            self.on_log({"step": step, "total_steps": self.total,
+                         "grid": [list(g) for g in self.grid], "active": self.active.tolist(),
+                         "train_loss": means["loss"].tolist(),
+                         "test_accuracy": None if evals is None else evals["test"]["accuracy"].tolist(),
+                         "best_test_accuracy": [h["best_test_acc"] for h in self.hist],
+                         "elapsed_s": self.elapsed(), "steps_per_s": (step - self.start) / max(
+                             time.perf_counter() - self.t_loop, 1e-9)})
+        return gstate
+
+    def _record_eval(self, i: int, step: int, evals: dict) -> bool:
+        """Adds run i's eval rows; True when it reached the stopping accuracy."""
+        h = self.hist[i]
+        for name, curve in (("test", "eval_curve"), ("validation", "val_curve")):
+            if name in evals:
+                e = evals[name]
+                row = [step, float(e["accuracy"][i]), float(e["loss"][i]),
+                       float(e["accuracy_micro"][i])]
+                h.setdefault(curve, []).append(row)
+                if self.writers:
+                    self.writers[i].write(step, {f"{name}/accuracy": row[1],
+                                                 f"{name}/loss": row[2],
+                                                 f"{name}/accuracy_micro": row[3]})
+        acc = float(evals["test"]["accuracy"][i])
+        if h["best_test_acc"] is None or acc > h["best_test_acc"]:
+            h["best_test_acc"], h["best_step"] = acc, step
+        stop_on = float(evals[self.cfg.select_on]["accuracy"][i])
+        return self.cfg.stop_accuracy is not None and stop_on >= self.cfg.stop_accuracy
+
+    def meta(self, step: int) -> dict:
+        for w in self.writers:  # metrics on disk cover at least what the checkpoint covers
+            w.flush()
+        return {"step": step, "elapsed_s": self.elapsed(), "fingerprint": self.fingerprint,
+                "runs": self.hist}
 
 
-# Compiled grid programs, reused across fit() calls: equal Flax modules (they hash by their fields)
-# with equal shapes, optimizer constants and grid size share one executable. The schedule length
-# and the hyperparameters are state arrays, so they are not part of the key.
-_PROGRAMS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-_MAX_PROGRAMS = 16
-
-
-def _compiled(key: tuple, build: Callable[[], Any]):
-    try:
-        hash(key)
-    except TypeError:  # a model with unhashable fields: no reuse
-        return build()
-    if key in _PROGRAMS:
-        _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key]
-    value = _PROGRAMS[key] = build()
-    if len(_PROGRAMS) > _MAX_PROGRAMS:
-        _PROGRAMS.popitem(last=False)
-    return value
-
-
-def compile_grid_programs(model, tx, gstate: GridState, batch_spec, test_batches, *,
-                          vmapped: bool, min_learning_rate: float, tx_key: tuple,
-                          precision: str = "float32", part=None, shardings=None):
-    """(train program, evaluate program), jitted and compiled for these shapes.
-
-    tx_key identifies the optimizer (its constant hyperparameters) for reuse across calls.
-    precision: "float32" or "bfloat16" (`precision.py`), for training and evaluation alike.
-    The train program donates the grid state. With a `mad_jax.sharding.Partitioner` `part`,
-    both run on its mesh: `shardings` = (grid state, train batch, test batches) shardings in,
-    the state's shardings out, metrics replicated.
-    """
-    def build():
-        train_step = make_train_step(model, tx, min_learning_rate=min_learning_rate,
-                                     precision=precision)
-        eval_step = make_eval_step(model, precision=precision)
-        grid_train = make_grid_train_step(train_step, vmapped=vmapped)
-        grid_evaluate = make_grid_evaluate(make_grid_eval_step(eval_step, vmapped=vmapped))
-        if part is None:
-            train_c = jax.jit(grid_train, donate_argnums=0).lower(gstate, batch_spec).compile()
-            evaluate_c = jax.jit(grid_evaluate).lower(gstate, *test_batches).compile()
-            return train_c, evaluate_c
-        state_sh, batch_sh, test_sh = shardings
-        train_c = part.train_step(grid_train, state_sh, batch_sh).lower(
-            gstate, batch_spec).compile()
-        evaluate_c = part.jit(grid_evaluate, (state_sh, *test_sh), part.replicated()).lower(
-            gstate, *test_batches).compile()
-        return train_c, evaluate_c
-
-    shapes = jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype)),
-                                    (batch_spec, test_batches))
-    from mad_jax.layers.registry import registry_generation
-
-    key = (registry_generation(), model, tx_key, min_learning_rate, precision, vmapped, gstate.size,
-           jax.tree_util.tree_structure(gstate), str(jax.tree_util.tree_leaves(shapes)),
-           None if part is None else (part.mesh, part.rules))
-    return _compiled(key, build)
-
-
-def _fit_group(grid: Sequence[tuple[float, float, int]], *, vmapped: bool, model, params,
-               stacked: bool, tx, rng, eval_sets: dict, batch_fn: BatchFn, cfg: TrainConfig,
-               total: int, eval_every: int, decay_every: int, ckpt_every: int | None,
-               ckpt_dir: str | None, out_dir: str | None, fingerprint: dict, on_log, log,
-               sample_shape, part=None, seed_axis: bool = False) -> list[dict]:
-    r = len(grid)
-    state_sh = batch_sh = test_sh = None
-    if part is None:
-        gstate = init_grid_state(params, tx, grid, total_steps=total, rng=rng,
-                                 decay_every_steps=decay_every, stacked=stacked)
-    else:  # the grid state is created in its shardings (runs over the sweep axis)
-        from mad_jax import sharding
-
-        def create_grid(params, rng):
-            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=total, rng=rng,
-                                   decay_every_steps=decay_every, stacked=stacked)
-
-        specs = sharding.param_specs(model, jnp.zeros((1, sample_shape[1]), jnp.int32))
-        sharded_create, state_sh = part.init_fn(create_grid, params, rng, params_specs=specs,
-                                                sweep=True)
-        gstate = sharded_create(params, rng)
-        batch_sh = part.batch_shardings(
-            {k: jax.ShapeDtypeStruct(sample_shape, jnp.int32) for k in ("inputs", "targets")})
-        test_sh = part.batch_shardings(eval_sets["test"], leading=1)
-        eval_sets = {name: part.shard_batch(batches, test_sh)
-                     for name, batches in eval_sets.items()}
+def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: BatchFn,
+                 cfg: TrainConfig, total: int, eval_every: int, ckpt_every: int | None,
+                 ckpt_dir: str | None, out_dir: str | None, fingerprint: dict, on_log, log,
+                 sample_shape, vmapped: bool, seed_axis: bool) -> list[dict]:
+    """Trains one group of runs (vmapped together, or one run) through `loop.train_loop`."""
+    fresh, state_sh = create()
     fingerprint = dict(fingerprint, runs=[list(g) for g in grid], vmapped=vmapped)
-    meta = {"step": 0, "elapsed_s": 0.0, "fingerprint": fingerprint,
-            "runs": [_new_history() for _ in range(r)]}
-    ckpt = Checkpointer(ckpt_dir) if ckpt_dir else None
-    resumed = False
-    if ckpt is not None and ckpt.latest_step() is not None:
-        try:
-            if ckpt.read_meta().get("fingerprint") != fingerprint:
-                log(f"note: checkpoint in {ckpt_dir} was made with another config; starting over")
-                ckpt.delete_all()
-                ckpt = Checkpointer(ckpt_dir)
-            else:
-                gstate, meta, _ = ckpt.restore(gstate)
-                resumed = True
-        except CheckpointError as e:
-            log(f"warning: {e}; starting this run over")
-            ckpt.delete_all()
-            ckpt = Checkpointer(ckpt_dir)
+    ckpt, gstate, meta = loop.open_checkpoint(ckpt_dir, fingerprint, fresh, log)
+    resumed = meta is not None
+    meta = meta or {"step": 0, "elapsed_s": 0.0, "runs": [_new_history() for _ in grid]}
+    meta["fingerprint"] = fingerprint
     start = int(meta["step"])
     if resumed:
         log(f"resuming from step {start}/{total} ({ckpt_dir})")
-    names = [run_name(lr, wd, seed if seed_axis else None) for lr, wd, seed in grid]
-    main_process = jax.process_index() == 0  # only process 0 writes metrics
-    writers = ([MetricsWriter(os.path.join(out_dir, n), resume_step=start if resumed else None,
-                              tensorboard=cfg.tensorboard) for n in names]
-               if out_dir and main_process else [])
-
     t0 = time.perf_counter()
-    batch_spec = {k: jax.ShapeDtypeStruct(sample_shape, jnp.int32) for k in ("inputs", "targets")}
-    train_c, evaluate_c = compile_grid_programs(model, tx, gstate, batch_spec, eval_sets["test"],
-                                                vmapped=vmapped,
-                                                min_learning_rate=cfg.min_learning_rate,
-                                                tx_key=("adamw", cfg.b1, cfg.b2, cfg.eps),
-                                                precision=cfg.precision,
-                                                part=part, shardings=(state_sh, batch_sh, test_sh))
+    programs = loop.compile_programs(model, tx, part, gstate, state_sh,
+                                     batch_shape=sample_shape,
+                                     eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
+                                     precision=cfg.precision)
     compile_s = time.perf_counter() - t0
-
-    hist = meta["runs"]
-    step, accum, n_accum = start, None, 0
-    active = _host(gstate.active)
-    t_loop, elapsed0 = time.perf_counter(), float(meta["elapsed_s"])
-    batches = batch_fn(start)
+    placed = {name: programs.place_eval_set(s) for name, s in eval_sets.items()}
+    writers = ([MetricsWriter(os.path.join(out_dir, n), resume_step=start if resumed else None,
+                              tensorboard=cfg.tensorboard) for n in _run_names(grid, seed_axis)]
+               if out_dir and sharding.is_main_process() else [])
+    book = _Bookkeeping(grid, cfg, programs, placed, meta=meta, start=start, total=total,
+                        eval_every=eval_every, writers=writers, on_log=on_log)
+    book.active = loop.host_value(gstate.active)
+    checkpointing = None if ckpt is None else loop.Checkpointing(ckpt, ckpt_every, book.meta)
+    batches = (programs.place(b) for b in batch_fn(start))
     try:
-        while step < total and active.any():
-            batch = next(batches)
-            batch = {k: _place(np.asarray(batch[k], np.int32), None if batch_sh is None
-                               else batch_sh[k]) for k in ("inputs", "targets")}
-            was_active = active
-            gstate, metrics = train_c(gstate, batch)
-            step += 1
-            accum = metrics if accum is None else jax.tree_util.tree_map(jnp.add, accum, metrics)
-            n_accum += 1
-            # SIGINT / SIGTERM (signals.graceful_stop): checkpoint here, then stop.
-            stop_signal = signals.take_up() if step < total else None
-            do_eval = step % eval_every == 0 or step == total
-            # Checkpoint steps are log steps too, so no partial average is lost across a restart.
-            do_ckpt = ckpt is not None and step < total and (
-                (bool(ckpt_every) and step % ckpt_every == 0) or stop_signal is not None)
-            if not (do_eval or do_ckpt or step % cfg.log_every_steps == 0
-                    or stop_signal is not None):
-                continue
-            means = {k: np.asarray(v) / n_accum for k, v in jax.device_get(accum).items()}
-            accum, n_accum = None, 0
-            active = _host(gstate.active)
-            for i in range(r):
-                if was_active[i] and active[i]:
-                    hist[i]["loss_curve"].append([step, float(means["loss"][i])])
-                    if writers:
-                        writers[i].write(step, {f"train/{k}": v[i] for k, v in means.items()})
-            evals = None
-            if do_eval:
-                evals = {name: _eval_summary(jax.device_get(evaluate_c(gstate, *batches_)))
-                         for name, batches_ in eval_sets.items()}
-                reached = np.zeros(r, bool)
-                for i in range(r):
-                    if not active[i]:
-                        continue
-                    h = hist[i]
-                    for name, curve in (("test", "eval_curve"), ("validation", "val_curve")):
-                        if name not in evals:
-                            continue
-                        e = evals[name]
-                        row = [step, float(e["accuracy"][i]), float(e["loss"][i]),
-                               float(e["accuracy_micro"][i])]
-                        h.setdefault(curve, []).append(row)
-                        if writers:
-                            writers[i].write(step, {f"{name}/accuracy": row[1],
-                                                    f"{name}/loss": row[2],
-                                                    f"{name}/accuracy_micro": row[3]})
-                    acc = float(evals["test"]["accuracy"][i])
-                    if h["best_test_acc"] is None or acc > h["best_test_acc"]:
-                        h["best_test_acc"], h["best_step"] = acc, step
-                    stop_on = float(evals[cfg.select_on]["accuracy"][i])
-                    reached[i] = cfg.stop_accuracy is not None and stop_on >= cfg.stop_accuracy
-                if reached.any():
-                    stop_step = np.where(reached, step, _host(gstate.stop_step))
-                    gstate = gstate.replace(
-                        active=_place(active & ~reached,
-                                      None if part is None else state_sh.active),
-                        stop_step=_place(stop_step.astype(np.int32),
-                                         None if part is None else state_sh.stop_step))
-                    active = active & ~reached
-            elapsed = elapsed0 + time.perf_counter() - t_loop
-            if on_log is not None:
-                on_log({"step": step, "total_steps": total, "grid": [list(g) for g in grid],
-                        "active": active.tolist(), "train_loss": means["loss"].tolist(),
-                        "test_accuracy": (None if evals is None
-                                          else evals["test"]["accuracy"].tolist()),
-                        "best_test_accuracy": [h["best_test_acc"] for h in hist],
-                        "elapsed_s": elapsed, "steps_per_s": (step - start) / max(
-                            time.perf_counter() - t_loop, 1e-9)})
-            if do_ckpt:
-                for w in writers:  # metrics on disk cover at least what the checkpoint covers
-                    w.flush()
-                meta = {"step": step, "elapsed_s": elapsed, "fingerprint": fingerprint,
-                        "runs": hist}
-                ckpt.save(step, gstate, meta)
-            if stop_signal is not None:
-                if ckpt is not None:
-                    ckpt.wait()
-                raise signals.Interrupted(stop_signal, where=f"step {step}/{total}"
-                                          + ("" if ckpt is None else ", checkpoint written"))
-        wall = elapsed0 + time.perf_counter() - t_loop
+        gstate, step = loop.train_loop(
+            gstate, programs, batches, start=start, total=total,
+            is_boundary=lambda s: s % eval_every == 0 or s == total or s % cfg.log_every_steps == 0,
+            on_boundary=book.on_boundary, keep_going=lambda: bool(book.active.any()),
+            checkpointing=checkpointing)
+        wall = book.elapsed()
     finally:
         for w in writers:
             w.close()
         if ckpt is not None:
             ckpt.wait()
+    results = _results(grid, book.hist, gstate, step=step, total=total, wall=wall,
+                       compile_s=compile_s, seed_axis=seed_axis,
+                       validation="validation" in eval_sets)
+    if ckpt is not None:
+        _finish_checkpoints(ckpt, checkpointing, gstate, step, ckpt_dir, keep=cfg.keep_checkpoints)
+    return results
 
-    stop_step = _host(gstate.stop_step)
-    nonfinite = _host(gstate.nonfinite)
+
+def _results(grid, hist, gstate: GridState, *, step: int, total: int, wall: float,
+             compile_s: float, seed_axis: bool, validation: bool) -> list[dict]:
+    """One result dict per run of a finished group."""
+    stop_step = loop.host_value(gstate.stop_step)
+    nonfinite = loop.host_value(gstate.nonfinite)
     nan = float("nan")
     results = []
     for i, (lr, wd, seed) in enumerate(grid):
@@ -464,7 +331,7 @@ def _fit_group(grid: Sequence[tuple[float, float, int]], *, vmapped: bool, model
         failed = bool(nonfinite[i])
         final = h["eval_curve"][-1] if h["eval_curve"] and not failed else [None, nan, nan, nan]
         val = h.get("val_curve") or []
-        final_val = ([None] * 4 if "validation" not in eval_sets  # not evaluated: empty cells
+        final_val = ([None] * 4 if not validation  # not evaluated: empty cells
                      else val[-1] if val and not failed else [None, nan, nan, nan])
         results.append({
             "learning_rate": lr, "weight_decay": wd, "seed": seed,
@@ -480,22 +347,25 @@ def _fit_group(grid: Sequence[tuple[float, float, int]], *, vmapped: bool, model
             "final_train_loss": h["loss_curve"][-1][1] if h["loss_curve"] else nan,
             "steps": int(stop_step[i]) if stop_step[i] >= 0 else step,
             "total_steps": total,
-            "wall_time_s": wall, "compile_time_s": compile_s, "grid_size": r,
+            "wall_time_s": wall, "compile_time_s": compile_s, "grid_size": len(grid),
             "loss_curve": h["loss_curve"], "eval_curve": h["eval_curve"],
             "val_curve": val,
         })
-    if ckpt is not None:
-        if cfg.keep_checkpoints:  # the final state too, for users who want the trained params
-            if ckpt.latest_step() != step:
-                ckpt.save(step, gstate, {"step": step, "elapsed_s": wall,
-                                         "fingerprint": fingerprint, "runs": hist})
-            ckpt.close()
-        else:
-            ckpt.delete_all()
-            parent = os.path.dirname(ckpt_dir)
-            if os.path.basename(parent) == "checkpoints" and not os.listdir(parent):
-                os.rmdir(parent)  # runs trained one after another had one folder each
     return results
+
+
+def _finish_checkpoints(ckpt: Checkpointer, checkpointing, gstate, step: int, ckpt_dir: str, *,
+                        keep: bool) -> None:
+    """Keeps the final state (keep_checkpoints) or removes the group's checkpoints."""
+    if keep:  # the final state too, for users who want the trained params
+        if ckpt.latest_step() != step:
+            checkpointing.save(step, gstate)
+        ckpt.close()
+        return
+    ckpt.delete_all()
+    parent = os.path.dirname(ckpt_dir)
+    if os.path.basename(parent) == "checkpoints" and not os.listdir(parent):
+        os.rmdir(parent)  # runs trained one after another had one folder each
 
 
 def split_task_setting(task_setting) -> tuple[str, dict]:
