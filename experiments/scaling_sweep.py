@@ -1,9 +1,10 @@
 """The scaling sweep: corpus -> IsoFLOP runs -> fits, plots and report (configs of kind "scaling").
 
     python -m experiments.sweep --config=experiments/configs/scaling.py:preset=cpu
-    python -m experiments.scaling_sweep --config=experiments/configs/scaling.py:smoke
+    python -m experiments.sweep --config=experiments/configs/scaling.py:smoke
 
-`experiments.sweep` calls `run_from_config(config)` for such configs. Workdir layout:
+`experiments.sweep`, the one command line, calls `run_from_config(config)` for such configs.
+Workdir layout:
     corpus/            the token store (built from corpus.inputs when missing)
     runs/<run>.json    one per finished run (plan, result row, loss curve)
     results.csv        the results table (rewritten after every run)
@@ -13,18 +14,10 @@ Re-running the same command resumes: finished runs are skipped. Bad input ends w
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
-
 from experiments.configs import scaling as scaling_config
-
-
-def _log(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -41,11 +34,11 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
-def open_corpus(cfg, log=_log):
+def open_corpus(cfg, log=print):
     """Opens the config's token store, building it from `corpus.inputs` when it is missing."""
     import jax
 
-    from mad_jax.scaling import storage
+    from mad_jax import storage
     from mad_jax.scaling.corpus import build_corpus
     from mad_jax.scaling.token_store import META, TokenStore
 
@@ -72,46 +65,33 @@ def open_corpus(cfg, log=_log):
     return store
 
 
-def run_from_config(config) -> int:
-    """Runs the whole scaling sweep for a `kind = "scaling"` config; returns the exit status."""
-    from mad_jax.training import signals
-
+def run_from_config(config, log=print) -> int:
+    """Runs the whole scaling sweep for a `kind = "scaling"` config; returns the exit status (1
+    and one line for bad input). `log` gets the progress lines (process 0 only)."""
     try:
-        with signals.graceful_stop():
-            return _run(config)
+        return _run(config, log)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
         return 1
-    except signals.Interrupted as e:
-        _exit_interrupted(f"interrupted by {e}; run the same command again to resume",
-                          e.exit_status)
-    except KeyboardInterrupt:
-        _exit_interrupted("interrupted; run the same command again to resume", 130)
 
 
-def _exit_interrupted(message: str, status: int) -> None:
-    """One line and the exit status, without waiting on background threads (the checkpoint is
-    written)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(status)
-
-
-def _run(config) -> int:
+def _run(config, log) -> int:
     import jax
     import numpy as np
 
-    from mad_jax import sharding
-    from mad_jax.scaling import isoflop, report, storage, window_source
+    from mad_jax import storage
+    from mad_jax.scaling import isoflop, report, window_source
 
     cfg = scaling_config.resolve(config)
+    if cfg.print_config:
+        print(cfg, end="", flush=True)
+        return 0
     families = _names(cfg.families)
     budgets = _floats(cfg.budgets, "budgets")
     sizes = _floats(cfg.sizes, "sizes")
-    sharding.initialize(cfg.distributed)
     writer = jax.process_index() == 0
-    log = _log if writer else (lambda _line: None)
+    log = log if writer else (lambda _line: None)
     t0 = time.time()
     if cfg.plan_only:
         from mad_jax.scaling.tokenizer import load_tokenizer
@@ -142,8 +122,7 @@ def _run(config) -> int:
     tokens = store.load("train") if store.num_tokens("train") * itemsize <= 512 << 20 else store
     eval_windows = window_source.eval_windows(store, seq_len=cfg.seq_len,
                                               num_windows=cfg.num_eval_windows)
-    train = {k: v for k, v in cfg.train.to_dict().items() if v is not None}
-    train.update(seed=cfg.seed, data_seed=cfg.seed)
+    train = dict(cfg.train.to_dict(), seed=cfg.seed, data_seed=cfg.seed)
     rows = isoflop.run_isoflop(plan, tokens, eval_windows, cfg.workdir, pretrain_overrides=train,
                                log=log, is_writer=writer,
                                checkpoints=bool(train.get("checkpoint_every_steps")))
@@ -162,21 +141,7 @@ def _run(config) -> int:
     return 0
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-        sys.exit(2)
-    if flags.FLAGS.config is None:
-        print("error: --config is required, e.g. "
-              "--config=experiments/configs/scaling.py:preset=cpu", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_from_config(flags.FLAGS.config))
-
-
 if __name__ == "__main__":
-    # Defined here, not at import: experiments.sweep owns --config when it imports this module.
-    config_flags.DEFINE_config_file(
-        "config", None, "scaling config, e.g. experiments/configs/scaling.py:preset=cpu",
-        lock_config=True)
-
-    app.run(main)
+    print("error: python -m experiments.scaling_sweep is now python -m experiments.sweep (the same "
+          f"flags): python -m experiments.sweep {' '.join(sys.argv[1:])}", file=sys.stderr)
+    sys.exit(2)

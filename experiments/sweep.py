@@ -1,38 +1,43 @@
-"""The MAD sweep CLI: one or several architectures through the protocol, then a score table and
-a report.
+"""The command line of mad_jax: MAD protocol sweeps (one or several architectures -> a score
+table and a report) and, for configs of kind "scaling", pretraining IsoFLOP sweeps.
 
     python -m experiments.sweep --config=experiments/configs/mad.py --config.preset=smoke \
         --config.workdir=workdir/smoke
     python -m experiments.sweep --config=experiments/configs/compare.py:quick
+    python -m experiments.sweep --config=experiments/configs/scaling.py:smoke
+    python -m experiments.sweep --config=experiments/configs/mad.py:quick --config.print_config=true
 
-Workdir layout: <workdir>/<arch>/{protocol.json, results.csv, runs/...} per architecture (see
+MAD workdir layout: <workdir>/<arch>/{protocol.json, results.csv, runs/...} per architecture (see
 mad_jax.protocol.run), and <workdir>/results.csv (all architectures), report.md, report.html,
 plots/*.png. Re-running the same command resumes: finished runs are skipped, a killed setting
-continues from its last checkpoint. Errors that stop the sweep print one line and exit non-zero.
+continues from its last checkpoint. `print_config` prints the resolved config (the preset's
+values filled in: what will run) after every check, and stops before anything is written.
+
+Exit statuses: 0 every run ok; 1 a bad input stopped the sweep before or while training (one line;
+nothing is written when it is found before training); 2 a bad command line or config file; 3 the
+sweep finished but some runs failed (everything that finished is written); 130 / 143 interrupted
+by SIGINT / SIGTERM (run it again to resume).
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import re
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "sweep config file, e.g. experiments/configs/mad.py[:preset]", lock_config=True)
-
-
-# Exit statuses: 0 every run ok; 1 a bad input stopped the sweep before or while training;
-# 2 a bad command line or config file; 3 the sweep finished but some runs failed (everything
-# that finished is written); 130 / 143 interrupted by SIGINT / SIGTERM (run it again to resume).
 EXIT_RUNS_FAILED = 3
 
 
-class SweepError(Exception):
-    """A problem with the sweep's inputs; printed as one line, exit status 1."""
+class SweepError(ValueError):
+    """A config the sweep cannot read (unknown architecture names, a malformed grid)."""
 
 
 def _fail(message: str, status: int = 1) -> None:
@@ -46,6 +51,10 @@ def _exit_interrupted(message: str, status: int) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(status)
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -68,6 +77,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:  # a config file that fails to load or to apply its argument
         _fail(f"cannot load config: {type(e).__name__}: {' '.join(str(e).split())}", status=2)
 
+
+# --- the MAD config, read into the library's arguments ---
 
 def arch_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", name.strip().replace(" ", "+")).strip("-") or "model"
@@ -92,7 +103,7 @@ def architectures(config) -> dict[str, str]:
 
 
 def parse_grid(text: str):
-    """"lr:wd,lr:wd" -> ((lr, wd), ...); "" -> None (the protocol grid)."""
+    """"lr:wd,lr:wd" -> ((lr, wd), ...); "" -> None (the preset's grid)."""
     if not text:
         return None
     try:
@@ -114,103 +125,80 @@ def make_model_fn(layers: str, *, dim: int, norm: str):
     return model_fn
 
 
-def check_mesh(config, num_runs: int) -> dict:
-    """The mesh fields as TrainConfig overrides, after checking them against the devices."""
-    from mad_jax import sharding
+def prepare(config) -> list:
+    """One checked `protocol.prepare` per architecture: the library checks everything (once),
+    before anything trains or is written. Raises SweepError or ProtocolError (one line)."""
+    from mad_jax import storage
+    from mad_jax.protocol.run import prepare as prepare_protocol
 
-    if not config.mesh:
-        if config.dcn_mesh or config.sharding_rules:
-            raise SweepError("dcn_mesh and sharding_rules need a mesh, e.g. --config.mesh=auto")
-        return {}
-    import jax
-
-    mesh = sharding.sweep_mesh(num_runs) if config.mesh == "auto" else config.mesh
-    sharding.make_mesh(mesh, dcn_mesh=config.dcn_mesh or None)
-    sharding.make_rules(config.sharding_rules or None)
-    sweep = sharding.parse_mesh(mesh, jax.device_count())["sweep"]
-    if num_runs % sweep:
-        raise SweepError(f"mesh {config.mesh!r}: its sweep axis ({sweep}) does not divide the "
-                         f"{num_runs} runs of the grid; use --config.mesh=auto")
-    return {"mesh": config.mesh, "sharding_rules": config.sharding_rules,
-            "dcn_mesh": config.dcn_mesh}
+    grid = parse_grid(config.grid)
+    overrides = dict(config.train.to_dict(), mesh=config.mesh,
+                     sharding_rules=config.sharding_rules, dcn_mesh=config.dcn_mesh)
+    cache_dir = config.cache_dir or storage.join(config.workdir, "data")
+    return [prepare_protocol(
+        make_model_fn(layers, dim=config.dim, norm=config.norm),
+        storage.join(config.workdir, arch_slug(name)), tasks=config.tasks, grid=grid,
+        preset=config.preset, arch=name, seed=config.seed, seeds=config.get("seeds", 1),
+        train_overrides=overrides, retry_failed=config.get("retry_failed", True),
+        on_change=config.get("on_change", "error"), cache_dir=cache_dir)
+        for name, layers in architectures(config).items()]
 
 
-def validate(config) -> dict:
-    """Checks everything that can be checked before training; returns the parsed sweep plan."""
-    from mad_jax import models, protocol
-    from mad_jax.protocol import validation
-    from mad_jax.training import DEFAULT_GRID, TrainConfig
-    from mad_jax.training.train import model_max_length
-
-    try:
-        preset = protocol.get_preset(config.preset)
-        tasks = protocol.check_tasks(config.tasks)
-        grid = parse_grid(config.grid)
-        archs = architectures(config)
-        seeds = config.get("seeds", 1)
-        if not isinstance(seeds, int) or seeds < 1:
-            raise SweepError(f"seeds must be a positive integer, got {seeds!r}")
-        overrides = {k: v for k, v in config.train.items() if v is not None}
-        overrides.update(check_mesh(config, len(grid or preset.grid or DEFAULT_GRID) * seeds))
-        protocol.train_config(preset, seed=config.seed, overrides=overrides)
-        TrainConfig.from_any(overrides)
-        # Every architecture against the data it will see, before any workdir is touched.
-        planned = protocol.plan(tasks, preset)
-        for name, layers in archs.items():
-            try:
-                models.parse_layers(layers)
-            except ValueError as e:
-                raise SweepError(f"architecture {name!r}: {e}") from None
-            validation.check_architecture(
-                make_model_fn(layers, dim=config.dim, norm=config.norm), planned, arch=name,
-                data_seed=config.seed, max_length=model_max_length)
-    except (ValueError, KeyError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise SweepError(" ".join(str(text).split())) from None
-    protocol.check_writable(config.workdir)
-    return {"preset": preset, "tasks": tasks, "grid": grid, "archs": archs,
-            "overrides": overrides}
+def resolved(config, checked) -> config_dict.ConfigDict:
+    """The config as it will run: `train` holds the resolved TrainConfig (preset, then the
+    overrides, then its defaults), `tasks` and `grid` the protocol's."""
+    out = config_dict.ConfigDict(config.to_dict())
+    first = checked[0]
+    out.tasks = ",".join(first.tasks)
+    out.grid = ",".join(f"{lr:g}:{wd:g}" for lr, wd in first.grid)
+    out.train = {k: v for k, v in dataclasses.asdict(first.cfg).items() if k in out.train}
+    return out
 
 
-def sweep(config) -> "pandas.DataFrame":
+def run_mad(config, *, compilation_cache: bool = True) -> int:
+    """A MAD sweep: every architecture through the protocol, then the score table, the combined
+    results table and the report; returns the exit status. compilation_cache: keep compiled
+    programs in <workdir>/jax_cache (a process-wide jax setting)."""
     import pandas as pd
 
-    from mad_jax import protocol
+    from mad_jax import protocol, sharding, storage
     from mad_jax.protocol import results_table
+    from mad_jax.protocol.run import execute
 
-    from mad_jax import sharding
-
-    if config.get("distributed"):  # before anything touches a device: every host of the job
-        try:
-            sharding.initialize(True)
-        except sharding.DistributedError as e:
-            raise SweepError(str(e)) from None
-    plan = validate(config)
-    workdir = config.workdir
-    cache_dir = config.cache_dir or os.path.join(workdir, "data")
-    # Compiled programs persist across restarts: a resumed sweep does not compile again.
-    import jax
-    jax.config.update("jax_compilation_cache_dir",
-                      config.jax_cache_dir or os.path.join(workdir, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    checked = prepare(config)
+    if config.get("print_config"):
+        print(resolved(config, checked), end="", flush=True)
+        return 0
+    if compilation_cache:  # after the checks: bad input writes nothing
+        _use_compilation_cache(config)
     t0 = time.time()
     tables = []
-    for name, layers in plan["archs"].items():
+    for (name, layers), run in zip(architectures(config).items(), checked):
         print(f"== {name}: {layers}", flush=True)
-        out_dir = os.path.join(workdir, arch_slug(name))
-        model_fn = make_model_fn(layers, dim=config.dim, norm=config.norm)
-        tables.append(protocol.run(
-            model_fn, out_dir, tasks=plan["tasks"], grid=plan["grid"], preset=plan["preset"],
-            arch=name, seed=config.seed, seeds=config.get("seeds", 1),
-            train_overrides=plan["overrides"], retry_failed=config.get("retry_failed", True),
-            on_change=config.get("on_change", "error"),
-            cache_dir=cache_dir,
-            progress_every_s=config.progress_every_s, log=_log))
+        tables.append(execute(run, progress_every_s=config.progress_every_s, log=_log))
     results = pd.concat(tables, ignore_index=True) if tables else results_table.empty()
+    status, message = outcome(results)
     if not sharding.is_main_process():  # process 0 writes and reports for the whole job
-        return results
-    results_table.write(os.path.join(workdir, results_table.RESULTS_FILE), results)
-    # The score table comes first in what the user reads at the end.
+        return status
+    path = storage.join(config.workdir, results_table.RESULTS_FILE)
+    results_table.write(path, results)
+    paper_keys = dict(config.paper_keys) if "paper_keys" in config else None
+    _print_scores(results, paper_keys)
+    if config.report:
+        paths = protocol.write_report(config.workdir, results, paper_keys=paper_keys)
+        print(f"report: {paths['md']} (and {os.path.basename(paths['html'])}, plots/)")
+    failed = int((results["status"] != "ok").sum())
+    print(f"{len(results)} runs ({failed} failed) in {(time.time() - t0) / 60:.1f} min; "
+          f"results: {path}", flush=True)
+    if status:  # everything that finished is written; the failures are in the table
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def _print_scores(results, paper_keys) -> None:
+    """The score table first, then 95% intervals over seeds and the paper's table beside ours."""
+    from mad_jax import protocol
+
     print("\n" + protocol.preset_notice(results))
     print(protocol.format_score_table(results) + "\n", flush=True)
     intervals = protocol.score_intervals(results)
@@ -220,19 +208,11 @@ def sweep(config) -> "pandas.DataFrame":
             print(f"  {row.arch} {row.task}: {row.score:.3f} [{row.low:.3f}, {row.high:.3f}] "
                   f"({row.seeds} seeds)")
         print(flush=True)
-    paper_keys = dict(config.paper_keys) if "paper_keys" in config else None
     if paper_keys is not None:
         from mad_jax.protocol import paper
         print("Beside the MAD paper (accuracy x 100):")
         print(paper.format_comparison(paper.compare(results, paper_keys=paper_keys)) + "\n",
               flush=True)
-    if config.report:
-        paths = protocol.write_report(workdir, results, paper_keys=paper_keys)
-        print(f"report: {paths['md']} (and {os.path.basename(paths['html'])}, plots/)")
-    failed = int((results["status"] != "ok").sum())
-    print(f"{len(results)} runs ({failed} failed) in {(time.time() - t0) / 60:.1f} min; "
-          f"results: {os.path.join(workdir, results_table.RESULTS_FILE)}", flush=True)
-    return results
 
 
 def outcome(results) -> tuple[int, str]:
@@ -246,8 +226,18 @@ def outcome(results) -> tuple[int, str]:
         "command again: failed runs are trained again")
 
 
-def _log(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+def _use_compilation_cache(config) -> None:
+    """Compiled programs persist across restarts: a resumed sweep does not compile again."""
+    import jax
+
+    from mad_jax import storage
+
+    # The cache goes through epath, which reaches buckets only with gcsfs: a URL workdir keeps
+    # its compiled programs on local disk.
+    local = (os.path.join(tempfile.gettempdir(), "mad_jax-jax_cache")
+             if storage.is_url(config.workdir) else os.path.join(config.workdir, "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", config.jax_cache_dir or local)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv: list[str]) -> None:
@@ -262,24 +252,25 @@ def main(argv: list[str]) -> None:
         config.keys()  # config_flags reports a file that failed to load only on first use
     except Exception as e:
         _fail(f"cannot load config: {' '.join(str(e).split())}", status=2)
-    if config.get("kind") == "scaling":  # pretraining IsoFLOP sweeps (experiments/configs/scaling.py)
-        from experiments import scaling_sweep
-        sys.exit(scaling_sweep.run_from_config(config))
+    from experiments import scaling_sweep
+    from mad_jax import sharding
     from mad_jax.protocol import ProtocolError
     from mad_jax.training import signals
+
     try:
+        if config.get("distributed"):  # before anything touches a device: every host of the job
+            sharding.initialize(True)
         with signals.graceful_stop():
-            results = sweep(config)
-    except (SweepError, ProtocolError) as e:
-        _fail(str(e))
+            status = (scaling_sweep.run_from_config(config, log=_log)
+                      if config.get("kind") == "scaling" else run_mad(config))
+    except (SweepError, ProtocolError, sharding.DistributedError) as e:
+        _fail(" ".join(str(e).split()))
     except signals.Interrupted as e:
         _exit_interrupted(f"interrupted by {e}; run the same command again to resume",
                           e.exit_status)
     except KeyboardInterrupt:
         _exit_interrupted("interrupted; run the same command again to resume", 130)
-    status, message = outcome(results)
-    if status:  # everything that finished is written; the failures are in the table
-        _fail(message, status=status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

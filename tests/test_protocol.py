@@ -1,5 +1,6 @@
 """The MAD protocol: scores on a hand-made table, the results table, presets, a smoke protocol
 end to end on one task, kill-and-resume through `run`, the report, and bad input."""
+import dataclasses
 import json
 import os
 
@@ -116,7 +117,17 @@ def test_presets():
     assert len(protocol.plan(protocol.check_tasks(None), protocol.get_preset("quick"))) == 6
     cfg = protocol.train_config(full)
     assert (cfg.train_epochs, cfg.batch_size, cfg.min_learning_rate) == (200, 128, 1e-6)
+    # The full preset is TrainConfig's defaults (written there only) in bf16.
+    defaults = dataclasses.asdict(training.TrainConfig())
+    assert {k for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]} == {
+        "precision", "log_every_steps"}
     assert protocol.train_config(full, overrides={"train_steps": 5}).train_epochs is None
+    # Layers: the preset over the defaults, the seed, then overrides (None: not set); a budget
+    # given one way replaces the layer below's whole family.
+    quick = protocol.train_config("quick", seed=3, overrides={"train_epochs": 2,
+                                                              "batch_size": None})
+    assert (quick.train_steps, quick.train_epochs, quick.batch_size) == (None, 2, 8)
+    assert (quick.seed, quick.data_seed, quick.eval_every_steps) == (3, 3, 250)
     with pytest.raises(ValueError, match="unknown preset"):
         protocol.get_preset("fast")
 

@@ -37,6 +37,12 @@ def refused(out_dir, match, model_fn=None, **kw):
     ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"max_train_examples": -1}, "max_train_examples must be a positive integer"),
     ({"weight_decay": -0.1}, "weight_decay must be a number >= 0"),
+    # The trainer's own mesh checks, before anything trains (8 simulated devices, 6 runs).
+    ({"mesh": "sweep:4,data:2"}, r"its sweep axis \(4\) does not divide the 6 runs trained "
+                                 r"together; use mesh='auto' or 'sweep:2,data:-1'"),
+    ({"mesh": "data:-1", "batch_size": 4}, r"batch_size 4 does not divide over the mesh's data "
+                                           r"x fsdp axes \(8 devices\)"),
+    ({"sharding_rules": "embed:none"}, "dcn_mesh and sharding_rules need a mesh"),
 ])
 def test_training_fields_out_of_range(tmp_path, overrides, match):
     refused(tmp_path / "w", match, train_overrides=dict(TINY, **overrides))
@@ -80,8 +86,8 @@ def test_small_mistakes_have_clear_messages(tmp_path):
         accounting.state_size("mh-attention", dim=-1, seq_len=8)
     c = mad.get_config(f"workdir={tmp_path}")
     c.mesh = "foo"
-    with pytest.raises(sweep.SweepError) as e:
-        sweep.validate(c)
+    with pytest.raises(protocol.ProtocolError) as e:
+        sweep.prepare(c)
     assert str(e.value).endswith("e.g. 'data:-1,tensor:2'")  # the closing quote is kept
     with pytest.raises(sharding.DistributedError, match="on a TPU pod slice run the same command"):
         sharding.initialize(True)

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -73,6 +74,17 @@ def test_token_store_write_read(tmp_path):
     # The zarr3 arrays are real zarr: metadata on disk names the format and the dtype.
     zarr_json = (tmp_path / "store" / "train" / "zarr.json").read_text().replace(" ", "")
     assert '"zarr_format":3' in zarr_json
+
+
+def test_token_store_on_a_url():
+    url = f"memory://{uuid.uuid4().hex}/store"
+    docs = [("first doc", "train"), ("held out", "validation")]
+    _write_store(url, docs)
+    store = TokenStore.open(url)
+    assert store.tokenizer.decode(store.load("train")) == "first doc"
+    assert store.tokenizer.decode(store.load("validation")) == "held out"
+    with pytest.raises(FileExistsError, match="already exists"):
+        _write_store(url, docs)
 
 
 def test_token_store_exists_overwrite_and_missing(tmp_path):

@@ -1,13 +1,14 @@
-"""The on-disk cache (`load`) and the grain pipeline (`batches`)."""
+"""The data cache (`load`: a local folder or a URL) and the grain pipeline (`batches`)."""
 import os
 import subprocess
 import sys
 import threading
+import uuid
 
 import numpy as np
 import pytest
 
-from mad_jax import tasks
+from mad_jax import storage, tasks
 from mad_jax.tasks import cache
 
 SMALL = {"seq_len": 16, "num_train_examples": 40, "num_test_examples": 24}
@@ -38,6 +39,26 @@ def test_cache_roundtrip_reads_from_disk(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     assert second[0].dtype == np.int32
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_cache_on_a_url(tmp_path, monkeypatch, scheme):
+    url = (f"memory://{uuid.uuid4().hex}/data" if scheme == "memory"
+           else "file://" + str(tmp_path / "data"))
+    setting = {**tasks.settings("compression")[0], "num_train_examples": 12}
+    first = tasks.load("compression", setting, "train", seed=2, cache_dir=url)
+    path = cache.cache_path(url, "compression", setting, "train", seed=2)
+    assert path.startswith(url + "/compression-train-")
+    assert storage.list_files(url) == [path.rsplit("/", 1)[-1]]
+    monkeypatch.setattr(cache, "generate", lambda *a, **k: pytest.fail("not read from the cache"))
+    second = tasks.load("compression", setting, "train", seed=2, cache_dir=url)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    monkeypatch.undo()
+    storage.write_bytes(path, b"not a zip file")  # a damaged entry is regenerated
+    again = tasks.load("compression", setting, "train", seed=2, cache_dir=url)
+    np.testing.assert_array_equal(again[0], first[0])
+    assert storage.read_bytes(path).startswith(b"PK")
 
 
 def test_cache_key_separates_split_seed_params_and_size(tmp_path):

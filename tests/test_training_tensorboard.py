@@ -1,12 +1,15 @@
-"""The hand-written TensorBoard event format: CRC-32C, TFRecord framing, Event protobuf bytes.
+"""The hand-written TensorBoard event format: CRC-32C, TFRecord framing, Event protobuf bytes;
+the metrics writer on a local folder and on a URL (tensorstore's in-memory store).
 
 The protobuf bytes are checked against an independent decoder built from a descriptor with the
 protobuf library (the schema of tensorflow's Event, Summary and SessionLog messages).
 """
 import struct
+import uuid
 
 import pytest
 
+from mad_jax import storage
 from mad_jax.training import tensorboard as tb
 from mad_jax.training.metrics_writer import MetricsWriter, read_metrics
 
@@ -67,22 +70,32 @@ def test_event_bytes_parse_with_protobuf():
     assert e.step == 2 ** 40 and e.session_log.status == 1
 
 
-def test_writer_round_trip_and_resume(tmp_path):
-    w = MetricsWriter(tmp_path)
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_writer_round_trip_and_resume(tmp_path, where):
+    run_dir = str(tmp_path) if where == "local" else f"memory://{uuid.uuid4().hex}/run"
+    w = MetricsWriter(run_dir)
     for step in (1, 2, 3):
         w.write(step, {"train/loss": 1.0 / step})
+    w.flush()
+    assert len(read_metrics(storage.join(run_dir, "metrics.jsonl"))) == 3  # flushed: readable
     w.close()
     # A resumed session from a checkpoint at step 2 forgets step 3 of the old session.
-    w = MetricsWriter(tmp_path, resume_step=2)
+    w = MetricsWriter(run_dir, resume_step=2)
     w.write(3, {"train/loss": 0.5})
     w.close()
-    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
+    assert [(r["step"], r["train/loss"])
+            for r in read_metrics(storage.join(run_dir, "metrics.jsonl"))] == [
         (1, 1.0), (2, 0.5), (3, 0.5)]
-    files = sorted(p for p in tmp_path.iterdir() if p.name.startswith("events.out.tfevents"))
-    events = [e for p in files for e in tb.read_events(p)]
+    files = [storage.join(run_dir, n) for n in storage.list_files(run_dir)
+             if n.startswith("events.out.tfevents")]
+    assert len(files) == 2
+    events = [e for p in sorted(files, key=lambda p: int(p.rsplit(".", 1)[-1]))
+              for e in tb.read_events(p)]
     assert any(e.get("session_start") and e["step"] == 2 for e in events)
     assert [e["scalars"]["train/loss"] for e in events if e["scalars"]] == pytest.approx(
         [1.0, 0.5, 1 / 3, 0.5])
+    MetricsWriter(run_dir).close()  # a fresh start forgets the old records
+    assert read_metrics(storage.join(run_dir, "metrics.jsonl")) == []
 
 
 def test_reader_detects_corruption(tmp_path):

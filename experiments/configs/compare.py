@@ -8,7 +8,8 @@ channel mixer: Hyena, multi-head Hyena, striped Hyena + attention, Mamba, attent
 """
 from ml_collections import config_dict
 
-from experiments.configs.mad import apply_arg, base_config
+from experiments.configs import args
+from experiments.configs.mad import base_config
 
 ARCHITECTURES = {
     "hyena": "hyena swiglu hyena swiglu",
@@ -23,4 +24,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c = base_config()
     c.workdir = "workdir/compare"
     c.architectures = config_dict.ConfigDict(dict(ARCHITECTURES))  # name -> layer string
-    return apply_arg(c, arg)
+    return args.apply_arg(c, arg)

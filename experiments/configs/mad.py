@@ -6,16 +6,24 @@
         --config.layers="mh-attention swiglu mh-attention swiglu" --config.preset=quick \
         --config.tasks=in-context-recall --config.train.train_steps=500
 
-The config argument (after ':') is a preset name or comma-separated key=value pairs over the
-top-level fields (`mad.py:preset=quick,tasks=compression`).
+The config argument (after ':') is a preset name and/or comma-separated key=value pairs
+(`mad.py:quick,tasks=compression,memorization,report=false`; experiments/configs/args.py).
+Unset `train` fields take the preset's value, then TrainConfig's default;
+`--config.print_config=true` prints the resolved config (what will run) and stops.
 """
 from ml_collections import config_dict
 
+from experiments.configs import args
+from mad_jax.training.config import TrainConfig
+
 DEFAULT_LAYERS = "hyena swiglu mh-attention swiglu"
+# TrainConfig fields the sweep sets from its own fields, not from `train`.
+SET_BY_SWEEP = ("learning_rate", "weight_decay", "grid", "seeds", "seed", "data_seed", "mesh",
+                "sharding_rules", "dcn_mesh")
 
 
 def base_config() -> config_dict.ConfigDict:
-    """Fields shared by every sweep config (mad.py, compare.py)."""
+    """Fields shared by the MAD sweep configs (mad.py, compare.py, paper.py)."""
     c = config_dict.ConfigDict()
     c.preset = "full"             # full (the MAD protocol) | quick | smoke
     c.workdir = "workdir/mad"
@@ -38,58 +46,15 @@ def base_config() -> config_dict.ConfigDict:
     c.sharding_rules = ""         # logical-axis overrides, e.g. "embed:none"
     c.dcn_mesh = ""               # axis sizes across TPU slices, e.g. "data:2"
     c.distributed = False         # jax.distributed.initialize() first: every host of a pod slice
-    # Overrides of the preset's training budget (unset = the preset's value).
-    c.train = config_dict.ConfigDict({
-        "train_steps": config_dict.placeholder(int),
-        "train_epochs": config_dict.placeholder(float),
-        "batch_size": config_dict.placeholder(int),
-        "max_train_examples": config_dict.placeholder(int),
-        "max_test_examples": config_dict.placeholder(int),
-        "eval_every_steps": config_dict.placeholder(int),
-        "checkpoint_every_steps": config_dict.placeholder(int),
-        "log_every_steps": config_dict.placeholder(int),
-        "stop_accuracy": config_dict.placeholder(float),
-        "vmap": config_dict.placeholder(bool),
-        "precision": config_dict.placeholder(str),    # float32 | bfloat16
-        "schedule": config_dict.placeholder(str),     # per-epoch | per-step
-        "select_on": config_dict.placeholder(str),    # test (the reference) | validation
-    })
+    c.print_config = False        # print the resolved config (what will run) and stop
+    # Every TrainConfig field but those set above (seed, seeds, grid, mesh); None = the preset's
+    # value, else TrainConfig's default (e.g. --config.train.train_steps=500).
+    c.train = args.placeholders(TrainConfig, exclude=SET_BY_SWEEP)
     return c
-
-
-def apply_arg(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
-    """Applies `preset` or `key=value,...` from the --config=file.py:<arg> suffix."""
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        if "=" not in item:
-            c.preset = item
-            continue
-        key, value = item.split("=", 1)
-        if key not in c:
-            raise ValueError(f"unknown config field {key!r} in config argument {arg!r}")
-        c[key] = _parse_value(key, value, c[key])
-    return c
-
-
-def _parse_value(key: str, text: str, current):
-    """`text` as the type of the field's current value (bools: true/false, 1/0, yes/no)."""
-    if isinstance(current, bool):
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ValueError(f"config field {key!r} takes true or false, got {text!r}")
-    if current is None or isinstance(current, str):
-        return text
-    try:
-        return type(current)(text)
-    except ValueError:
-        raise ValueError(f"config field {key!r} takes a {type(current).__name__}, "
-                         f"got {text!r}") from None
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c = base_config()
     c.name = ""                   # architecture name in tables; "" = derived from layers
     c.layers = DEFAULT_LAYERS     # compact layer string, e.g. "(hyena swiglu)x2"
-    return apply_arg(c, arg)
+    return args.apply_arg(c, arg)

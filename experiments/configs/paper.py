@@ -26,7 +26,8 @@ Other fields as in mad.py (`:cpu,seeds=3`, `--config.train.train_steps=...`);
 """
 from ml_collections import config_dict
 
-from experiments.configs.mad import apply_arg, base_config
+from experiments.configs import args
+from experiments.configs.mad import base_config
 
 # name -> (layer string, why it is built this way). The names are the keys of the paper's rows.
 ARCHITECTURES = {
@@ -55,8 +56,8 @@ CPU_TASKS = "in-context-recall,compression,memorization"
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    args = [a.strip() for a in (arg or "").split(",") if a.strip()]
-    variant = args.pop(0) if args and "=" not in args[0] else "full"
+    variant, fields = args.parse_arg(arg)
+    variant = variant or "full"
     if variant not in ("full", "cpu"):
         raise ValueError(f"unknown paper.py variant {variant!r}; valid: full, cpu")
     c = base_config()
@@ -69,4 +70,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         c.archs = ",".join(CPU_ARCHITECTURES)
         c.preset = "quick"
         c.tasks = CPU_TASKS
-    return apply_arg(c, ",".join(args))
+    return args.set_fields(c, fields, arg=arg)

@@ -13,13 +13,18 @@ Presets:
   paper   the MAD paper's grid (70M..7B, 4e18..2e20 FLOPs) for TPU pods; needs a real corpus
           (--config.corpus.path, and a `tokenizers` JSON as corpus.tokenizer).
 
-Fields left as placeholders (None) take the preset's value (`resolve`), so both
-`scaling.py:preset=smoke` and `--config.preset=smoke` pick a preset, and any field set on the
-command line wins over it.
+Fields left as placeholders (None) take the preset's value (`resolve`), and `train` fields the
+preset does not set take PretrainConfig's defaults (mad_jax/scaling/pretrain.py, written only
+there), so both `scaling.py:preset=smoke` and `--config.preset=smoke` pick a preset, and any field
+set on the command line wins over it. `--config.print_config=true` prints the resolved config and
+stops. The config argument: experiments/configs/args.py.
 """
 from __future__ import annotations
 
 from ml_collections import config_dict
+
+from experiments.configs import args
+from mad_jax.scaling.pretrain import PretrainConfig
 
 _ph = config_dict.placeholder
 
@@ -75,6 +80,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.seed = 0
     c.report = True
     c.plan_only = False           # print the runs (models, tokens, steps, FLOPs) and stop
+    c.print_config = False        # print the resolved config (what will run) and stop
     c.distributed = False         # jax.distributed.initialize() first (multi-host pods)
     # MAD scores to correlate with compute-optimal perplexity: "family=score,...", a JSON file
     # {family: score}, or a protocol results.csv (mapped with mad_arch_map: "family=arch,...").
@@ -88,59 +94,31 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         "validation_fraction": 0.05,
         "max_bytes": _ph(int),    # 0 = no cap
     })
-    c.train = config_dict.ConfigDict({
-        "learning_rate": _ph(float),
-        "min_learning_rate_ratio": 0.1,
-        "warmup_fraction": 0.05,
-        "max_warmup_steps": 1000,
-        "weight_decay": 0.1,
-        "b1": 0.9,
-        "b2": 0.95,
-        "grad_clip": 1.0,
-        "eval_batch": _ph(int),
-        "log_every_steps": _ph(int),
-        "checkpoint_every_steps": _ph(int),
-        "mesh": "data:-1",
-    })
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            c.preset = item
-        elif key == "preset":
-            c.preset = value
-        elif key in c and not isinstance(c[key], config_dict.ConfigDict):
-            c[key] = _cast(c, key, value)
-        else:
-            raise KeyError(f"unknown config field {key!r} in config argument {arg!r}")
-    return c
-
-
-def _cast(c: config_dict.ConfigDict, key: str, value: str):
-    current = c[key]
-    if isinstance(current, bool):
-        return value.lower() in ("1", "true", "yes")
-    if current is None:
-        return c.get_ref(key).get_type()(value)  # a placeholder's declared type
-    return type(current)(value)
+    # Every PretrainConfig field with a default but the seeds (`seed` above); the plan sets the
+    # rest (seq_len, global_batch, total_steps).
+    c.train = args.placeholders(PretrainConfig, exclude=("seed", "data_seed"))
+    return args.apply_arg(c, arg)
 
 
 def resolve(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-    """A copy of `config` with placeholders filled from its preset; KeyError for unknown presets."""
+    """A copy of `config` with placeholders filled from its preset, then (train fields) from
+    PretrainConfig's defaults; ValueError for an unknown preset."""
     if config.preset not in PRESETS:
-        raise KeyError(f"unknown scaling preset {config.preset!r}; valid presets: "
-                       f"{', '.join(PRESETS)}")
-
-    preset = PRESETS[config.preset]
+        raise ValueError(f"unknown scaling preset {config.preset!r}; valid presets: "
+                         f"{', '.join(PRESETS)}")
     out = config_dict.ConfigDict(config.to_dict())
-    for key, value in preset.items():
+    for key, value in PRESETS[config.preset].items():
         if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                if out[key].get(sub) is None:
-                    out[key][sub] = sub_value
+            _fill(out[key], value)
         elif out.get(key) is None:
             out[key] = value
+    _fill(out.train, {k: v for k, v in args.defaults(PretrainConfig).items() if k in out.train})
     if not out.workdir:
         out.workdir = f"workdir/scaling/{config.preset}"
-    if out.train.checkpoint_every_steps is None:
-        out.train.checkpoint_every_steps = 0
     return out
+
+
+def _fill(group: config_dict.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+        if group.get(key) is None:
+            group[key] = value

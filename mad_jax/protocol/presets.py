@@ -1,11 +1,13 @@
 """Protocol presets: which settings run and with what training budget.
 
-`full` is the MAD protocol of the paper (DESIGN.md) as the reference trains it: bf16 autocast
-(`precision="bfloat16"`: bf16 compute, float32 parameters) and the cosine schedule stepped once per
-epoch. `quick` and `smoke` shrink it so it runs on a CPU; their scores are written with their
-preset name and are NOT MAD scores. They train in float32 with the cosine decayed per step: their
-budgets are a few epochs or less, where a per-epoch staircase would hardly decay, and bf16
-brings no speed on a CPU (XLA:CPU computes it through float32).
+A preset's `train` lists only what differs from TrainConfig's defaults, which are the MAD protocol
+(200 epochs, batch 128, the cosine stepped once per epoch, ...); `protocol.train_config` resolves
+them to the values that run. `full` is the MAD protocol of the paper (DESIGN.md) as the reference
+trains it: the defaults in bf16 autocast (`precision="bfloat16"`: bf16 compute, float32
+parameters). `quick` and `smoke` shrink it so it runs on a CPU; their scores are written with their
+preset name and are NOT MAD scores. They train in float32 (the default) with the cosine decayed
+per step: their budgets are a few epochs or less, where a per-epoch staircase would hardly decay,
+and bf16 brings no speed on a CPU (XLA:CPU computes it through float32).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class Preset:
     name: str
     description: str
     settings: str                 # "all": the 66-setting grid; "baseline": each task's baseline
-    train: Mapping[str, Any]      # TrainConfig overrides (mad_jax.training.TrainConfig)
+    train: Mapping[str, Any]      # TrainConfig fields that differ from its defaults
     grid: tuple[tuple[float, float], ...] | None = None   # (lr, wd) runs; None: the protocol's 6
 
     @property
@@ -33,9 +35,7 @@ PRESETS: dict[str, Preset] = {
         description="the MAD protocol: 66 settings x 6 (lr, wd); AdamW, cosine to 1e-6, 200 "
                     "epochs, batch 128, 12,800 train / 1,280 test examples (varied by the grid)",
         settings="all",
-        train={"train_epochs": 200, "batch_size": 128, "eval_every_epochs": 1,
-               "checkpoint_every_epochs": 10, "log_every_steps": 100,
-               "precision": "bfloat16", "schedule": "per-epoch"},
+        train={"precision": "bfloat16", "log_every_steps": 100},
     ),
     # quick: one run per setting. Attention needs ~3,000 steps at batch 8 to leave the plateau of
     # in-context recall (measured), which six runs per setting cannot afford on two CPU cores.
@@ -46,8 +46,7 @@ PRESETS: dict[str, Preset] = {
                     "12,800 training examples, 512 test examples",
         settings="baseline",
         train={"train_steps": 6000, "batch_size": 8, "max_test_examples": 512,
-               "eval_every_steps": 250, "checkpoint_every_steps": 500, "log_every_steps": 50,
-               "precision": "float32", "schedule": "per-step"},
+               "eval_every_steps": 250, "checkpoint_every_steps": 500, "schedule": "per-step"},
         grid=((1e-3, 0.0),),
     ),
     "smoke": Preset(
@@ -57,7 +56,7 @@ PRESETS: dict[str, Preset] = {
         settings="baseline",
         train={"train_steps": 16, "batch_size": 8, "max_train_examples": 256,
                "max_test_examples": 64, "eval_every_steps": 8, "checkpoint_every_steps": 8,
-               "log_every_steps": 4, "precision": "float32", "schedule": "per-step"},
+               "log_every_steps": 4, "schedule": "per-step"},
     ),
 }
 

@@ -1,5 +1,6 @@
 """The sweep report: score table (architectures x tasks), a bar chart of MAD scores, and accuracy
-against each difficulty variable, as Markdown and HTML with matplotlib PNGs.
+against each difficulty variable, as Markdown and HTML with matplotlib PNGs, in a local folder or
+under a bucket URL (`mad_jax.storage`).
 
     workdir/report.md, workdir/report.html, workdir/plots/mad_scores.png,
     workdir/plots/difficulty_<task>.png
@@ -14,12 +15,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mad_jax import figures
+from mad_jax import figures, storage
 from mad_jax.protocol import results_table
 from mad_jax.protocol.presets import PRESETS
 from mad_jax.protocol import paper as paper_lib
 from mad_jax.protocol.scores import score_intervals, score_table, setting_scores
-from mad_jax.training.io import atomic_write_text
 
 
 def presets_of(results: pd.DataFrame) -> list[str]:
@@ -115,7 +115,7 @@ def plot_scores(results: pd.DataFrame, path: str, *, metric: str = "final_test_a
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    figures.save(fig, path, dpi=120)
     return path
 
 
@@ -163,30 +163,30 @@ def plot_difficulty(results: pd.DataFrame, task: str, path: str, *,
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(task, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    figures.save(fig, path, dpi=110)
     return path
 
 
 def write_report(workdir: str, results: pd.DataFrame | None = None, *,
                  metric: str = "final_test_acc", title: str = "MAD sweep",
                  paper_keys: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Writes report.md, report.html and plots/*.png into `workdir`; returns their paths.
+    """Writes report.md, report.html and plots/*.png into `workdir` (a local folder or a URL
+    such as gs://bucket/sweep); returns their paths.
 
     results: the combined results table (default: workdir/results.csv).
     paper_keys: our arch name -> row of the MAD paper's table (`protocol.paper`); if given, the
       report puts every score beside the paper's, with the rank correlation of the means.
     """
     if results is None:
-        results = results_table.read(os.path.join(workdir, results_table.RESULTS_FILE))
+        results = results_table.read(storage.join(workdir, results_table.RESULTS_FILE))
     if results.empty:
         raise ValueError(f"no results to report in {workdir}")
-    plots_dir = os.path.join(workdir, "plots")
-    os.makedirs(plots_dir, exist_ok=True)
-    paths = {"scores_png": plot_scores(results, os.path.join(plots_dir, "mad_scores.png"),
+    plots_dir = storage.join(workdir, "plots")
+    paths = {"scores_png": plot_scores(results, storage.join(plots_dir, "mad_scores.png"),
                                        metric=metric)}
     difficulty = {}
     for task in dict.fromkeys(results["task"]):
-        p = plot_difficulty(results, task, os.path.join(plots_dir, f"difficulty_{task}.png"),
+        p = plot_difficulty(results, task, storage.join(plots_dir, f"difficulty_{task}.png"),
                             metric=metric)
         if p:
             difficulty[task] = p
@@ -232,8 +232,8 @@ def write_report(workdir: str, results: pd.DataFrame | None = None, *,
     total_wall = results.groupby(["arch", "task", "setting"])["wall_time_s"].first().sum()
     md += [f"{len(results)} runs, {len(per_setting)} settings; training wall time "
            f"{total_wall / 60:.1f} min.", ""]
-    paths["md"] = os.path.join(workdir, "report.md")
-    atomic_write_text(paths["md"], "\n".join(md))
+    paths["md"] = storage.join(workdir, "report.md")
+    storage.write_text(paths["md"], "\n".join(md))
 
     body = [f"<h1>{html.escape(title)}</h1>", f"<p><b>{html.escape(notice)}</b></p>",
             f"<p>{html.escape(description)}</p>", "<h2>Scores</h2>",
@@ -254,10 +254,10 @@ def write_report(workdir: str, results: pd.DataFrame | None = None, *,
     if not failed.empty:
         body += ["<h2>Failed runs</h2>", failed[["arch", "task", "setting", "learning_rate",
                                                  "weight_decay", "error"]].to_html(index=False)]
-    paths["html"] = os.path.join(workdir, "report.html")
-    atomic_write_text(paths["html"], "<!doctype html><html><head><meta charset='utf-8'><title>"
-                      f"{html.escape(title)}</title></head><body>\n" + "\n".join(body)
-                      + "\n</body></html>\n")
+    paths["html"] = storage.join(workdir, "report.html")
+    storage.write_text(paths["html"], "<!doctype html><html><head><meta charset='utf-8'><title>"
+                       f"{html.escape(title)}</title></head><body>\n" + "\n".join(body)
+                       + "\n</body></html>\n")
     paths.update({f"difficulty_{t}": p for t, p in difficulty.items()})
     return paths
 

@@ -1,4 +1,5 @@
-"""The results table: one row per run, a CSV file rewritten atomically after every setting.
+"""The results table: one row per run, a CSV file (a local path or a bucket URL,
+`mad_jax.storage`) rewritten atomically after every setting.
 
 Columns (in this order; `arch` names the architecture, `preset` the protocol preset that produced
 the row, so a smoke score is never mistaken for a MAD score; `seed` the run's init seed; accuracies
@@ -9,7 +10,6 @@ the run's identity, `mad_jax.protocol.fingerprint`):
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from mad_jax.training.io import atomic_write_text
+from mad_jax import storage
 
 COLUMNS = (
     "arch", "preset", "task", "setting", "difficulty_key", "difficulty_value",
@@ -67,10 +67,10 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     the key columns, a row with an empty key or status, an unknown status, or an ok row whose
     accuracy, steps or parameter count is not a number (a row cut short).
     """
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return empty()
     try:
-        df = pd.read_csv(path, keep_default_na=True, dtype={"fingerprint": str})
+        df = storage.read_csv(path, keep_default_na=True, dtype={"fingerprint": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path} is damaged ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:120]})") from None
@@ -107,27 +107,20 @@ def rows_from_result_files(runs_dir: str | os.PathLike) -> list[dict]:
     """The rows stored in every `<runs_dir>/<task>/<setting>/result.json` (what a damaged
     results.csv is rebuilt from); files written before rows were stored are skipped."""
     rows = []
-    if not os.path.isdir(runs_dir):
-        return rows
-    for task in sorted(os.listdir(runs_dir)):
-        task_dir = os.path.join(runs_dir, task)
-        for setting in sorted(os.listdir(task_dir)) if os.path.isdir(task_dir) else ():
-            path = os.path.join(task_dir, setting, "result.json")
-            if not os.path.exists(path):
-                continue
-            try:
-                with open(path) as f:
-                    rows.extend(json.load(f).get("rows", []))
-            except (OSError, ValueError):
-                continue  # a damaged result.json: its setting is trained again
+    for name in storage.list_files(runs_dir):
+        parts = name.split("/")
+        if len(parts) != 3 or parts[2] != "result.json":
+            continue
+        try:
+            rows.extend(storage.read_json(storage.join(runs_dir, name)).get("rows", []))
+        except (OSError, ValueError):
+            continue  # a damaged result.json: its setting is trained again
     return rows
 
 
 def write(path: str | os.PathLike, df: pd.DataFrame) -> None:
-    """Writes the table atomically (temporary file + os.replace)."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
+    """Writes the table atomically (`mad_jax.storage.write_csv`)."""
+    storage.write_csv(path, df)
 
 
 def upsert(df: pd.DataFrame, rows: Iterable[Mapping]) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """`run`: every setting of every task x the hyperparameter grid -> a results table, one row per
-run.
+run. `run` is `prepare` (every check, nothing written; a sweep prepares all its architectures
+first) then `execute`.
 
 Layout of `out_dir` (one architecture):
 
@@ -28,7 +29,6 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import pandas as pd
 
 from mad_jax.protocol import fingerprint, results_table, validation
@@ -36,18 +36,16 @@ from mad_jax.protocol.validation import ProtocolError
 from mad_jax.protocol.presets import Preset, get_preset
 from mad_jax.protocol.progress import Progress, format_duration
 from mad_jax.training import signals
-from mad_jax.training.config import TrainConfig, to_steps
+from mad_jax.training.config import NOT_IDENTITY, TrainConfig, to_steps
 from mad_jax.training.hparam_grid import DEFAULT_GRID
-from mad_jax.training.io import atomic_write_json
+from mad_jax import sharding, storage
 from mad_jax.training.train import fit, load_task_data, model_max_length
 
 PROTOCOL_FILE = "protocol.json"
 ON_CHANGE = ("error", "rerun")
-# Training fields that do not change what a run computes (devices, logging, checkpoint cadence,
-# how the grid is laid out): a finished run stays valid when they change.
-_NOT_IDENTITY = ("mesh", "sharding_rules", "dcn_mesh", "log_every_steps", "tensorboard",
-                 "keep_checkpoints", "vmap", "checkpoint_every_steps", "checkpoint_every_epochs",
-                 "checkpoint_every_examples", "grid", "seeds", "learning_rate", "weight_decay")
+# A setting's identity leaves out what does not change results (training.config.NOT_IDENTITY) and
+# the run axes: every run adds its own lr, wd and seed (`run_fingerprint`).
+_NOT_IDENTITY = NOT_IDENTITY + ("grid", "seeds", "learning_rate", "weight_decay")
 
 
 def check_tasks(tasks: Sequence[str] | str | None) -> list[str]:
@@ -70,12 +68,10 @@ def check_tasks(tasks: Sequence[str] | str | None) -> list[str]:
 
 def check_writable(out_dir: str) -> None:
     """Creates out_dir and checks a file can be written there (ProtocolError if not)."""
+    probe = storage.join(out_dir, f".write-test-{os.getpid()}")
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        storage.write_text(probe, "ok")
+        storage.remove(probe)
     except OSError as e:
         raise ProtocolError(f"workdir {out_dir!r} is not writable: {e.strerror or e}") from None
 
@@ -92,20 +88,14 @@ def plan(tasks: Sequence[str], preset: Preset) -> list[tuple[str, dict, str]]:
     return out
 
 
-def train_config(preset: Preset, *, seed: int = 0,
+def train_config(preset: str | Preset, *, seed: int = 0,
                  overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The preset's training config, with the seed and any user overrides applied."""
-    cfg = dict(preset.train)
-    cfg.update({"seed": seed, "data_seed": seed})
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            for family in ("train", "eval_every", "checkpoint_every"):
-                if k.startswith(family + "_") and k[len(family) + 1:] in ("steps", "epochs",
-                                                                          "examples"):
-                    for unit in ("steps", "epochs", "examples"):
-                        cfg.pop(f"{family}_{unit}", None)
-            cfg[k] = v
-    return TrainConfig.from_any(cfg)
+    """The one resolution of a protocol's training config: TrainConfig's defaults, then the
+    preset's fields, then `seed` (data and init), then `overrides` (None: not set). Each layer
+    replaces the one below it, a budget as a whole (`train_steps` over a preset's epochs)."""
+    cfg = TrainConfig.from_any(get_preset(preset).train, seed=seed, data_seed=seed)
+    return TrainConfig.from_any(cfg, **{k: v for k, v in (overrides or {}).items()
+                                        if v is not None})
 
 
 def train_identity(cfg: TrainConfig) -> dict:
@@ -133,12 +123,11 @@ def _changed_fields(old: dict, new: dict) -> list[str]:
 def _check_protocol_file(out_dir: str, record: dict, on_change: str, log) -> bool:
     """Compares the workdir's protocol record with this one. Returns True when it changed and
     the policy is "rerun" (the old results table is then set aside); raises under "error"."""
-    path = os.path.join(out_dir, PROTOCOL_FILE)
+    path = storage.join(out_dir, PROTOCOL_FILE)
     changed = False
-    if os.path.exists(path):
+    if storage.exists(path):
         try:
-            with open(path) as f:
-                old = json.load(f)
+            old = storage.read_json(path)
         except (OSError, ValueError):
             old = {}
             log(f"warning: {path} is damaged; it is written again")
@@ -155,21 +144,44 @@ def _check_protocol_file(out_dir: str, record: dict, on_change: str, log) -> boo
                 "(on_change=rerun)")
             changed = True
     if _writes():
-        atomic_write_json(path, record)
+        storage.write_json(path, record)
     return changed
 
 
 def _writes() -> bool:
     """Only process 0 of a multi-host job writes results (every process computes them)."""
-    return jax.process_index() == 0
+    return sharding.is_main_process()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolRun:
+    """One architecture's protocol, checked by `prepare` (nothing written yet); `execute` runs it.
+
+    settings: (task, setting, setting name) of every setting, in order (`plan`). cfg: the
+    resolved training config (`train_config`), shared by every setting.
+    """
+    model_fn: Callable
+    out_dir: str
+    arch: str
+    preset: Preset
+    tasks: list[str]
+    grid: tuple[tuple[float, float], ...]
+    settings: list[tuple[str, dict, str]]
+    cfg: TrainConfig
+    seed: int
+    seeds: int
+    is_mad: bool
+    retry_failed: bool
+    on_change: str
+    cache_dir: str | None
 
 
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
         arch: str | None = None, seed: int = 0, seeds: int = 1,
         train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
-        on_change: str = "error", cache_dir: str | None = None, progress: bool = True, progress_every_s: float = 10.0,
-        log: Callable[[str], None] = print) -> pd.DataFrame:
+        on_change: str = "error", cache_dir: str | None = None, progress: bool = True,
+        progress_every_s: float = 10.0, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
 
     model_fn(task, vocab_size, max_length) -> flax Module (the user's architecture).
@@ -190,47 +202,73 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       training field, the metric's code version): "error" (default) stops with one line naming
       the field; "rerun" trains it again and says so.
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
+    Everything is checked before anything is written (`prepare`); then `execute` runs it.
     """
-    # Everything is checked before anything is written (validation.py).
-    preset = get_preset(preset)
-    tasks = check_tasks(tasks)
-    grid = validation.check_grid(grid or preset.grid or DEFAULT_GRID)
-    arch = arch or getattr(model_fn, "__name__", "model")
-    out_dir = os.fspath(out_dir)
-    validation.check_seeds(seeds)
-    if on_change not in ON_CHANGE:
-        raise ProtocolError(f"on_change must be one of {', '.join(ON_CHANGE)}, got {on_change!r}")
+    checked = prepare(model_fn, out_dir, tasks=tasks, grid=grid, preset=preset, arch=arch,
+                      seed=seed, seeds=seeds, train_overrides=train_overrides,
+                      retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir)
+    return execute(checked, progress=progress, progress_every_s=progress_every_s, log=log)
+
+
+def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
+            grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
+            arch: str | None = None, seed: int = 0, seeds: int = 1,
+            train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
+            on_change: str = "error", cache_dir: str | None = None) -> ProtocolRun:
+    """Checks everything `run` takes (its arguments) before anything trains or is written: the
+    names, the grid, the seeds, the training config (`train_config`), the mesh against the
+    devices, and the architecture on the data of its bounding settings (validation.py).
+    Raises ProtocolError (one line) for a mistake."""
     try:
-        cfg = train_config(preset, seed=seed, overrides=train_overrides)
+        preset = get_preset(preset)
+        tasks = check_tasks(tasks)
+        grid = validation.check_grid(grid or preset.grid or DEFAULT_GRID)
+        validation.check_seeds(seeds)
+        if on_change not in ON_CHANGE:
+            raise ProtocolError(f"on_change must be one of {', '.join(ON_CHANGE)}, got "
+                                f"{on_change!r}")
+        overrides = dict(train_overrides or {})
+        if seeds > 1:
+            overrides["seeds"] = tuple(range(seed, seed + seeds))
+        cfg = train_config(preset, seed=seed, overrides=overrides)
+        validation.check_mesh(cfg, num_runs=len(grid) * seeds)
     except ValueError as e:
-        raise ProtocolError(e.args[0] if e.args else str(e)) from None
-    if seeds > 1:
-        cfg = dataclasses.replace(cfg, seeds=tuple(range(seed, seed + seeds)))
+        raise ProtocolError(" ".join(str(e.args[0] if e.args else e).split())) from None
+    arch = arch or getattr(model_fn, "__name__", "model")
     settings = plan(tasks, preset)
     validation.check_architecture(model_fn, settings, arch=arch, data_seed=cfg.data_seed,
                                   max_length=model_max_length)
+    return ProtocolRun(model_fn=model_fn, out_dir=os.fspath(out_dir), arch=arch, preset=preset,
+                       tasks=tasks, grid=grid, settings=settings, cfg=cfg, seed=seed,
+                       seeds=seeds, is_mad=is_mad_protocol(preset, cfg, grid),
+                       retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir)
+
+
+def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: float = 10.0,
+            log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Runs a protocol `prepare` checked; returns its results table (one row per run)."""
+    out_dir, arch, preset, cfg, grid = (checked.out_dir, checked.arch, checked.preset,
+                                        checked.cfg, checked.grid)
     check_writable(out_dir)
     # What the results depend on; the devices (mesh) do not count: a sweep may resume elsewhere.
     # Seeds may be added to a finished sweep: rows are keyed by seed.
-    train_record = train_identity(cfg)
-    is_mad = is_mad_protocol(preset, cfg, grid)
     protocol_changed = _check_protocol_file(out_dir, {
-        "preset": preset.name, "seed": seed, "seeds": seeds, "arch": arch,
-        "train": train_record, "grid": [list(g) for g in grid], "is_mad_score": is_mad},
-        on_change, log)
-    results_path = os.path.join(out_dir, results_table.RESULTS_FILE)
-    if protocol_changed and os.path.exists(results_path) and _writes():
+        "preset": preset.name, "seed": checked.seed, "seeds": checked.seeds, "arch": arch,
+        "train": train_identity(cfg), "grid": [list(g) for g in grid],
+        "is_mad_score": checked.is_mad}, checked.on_change, log)
+    results_path = storage.join(out_dir, results_table.RESULTS_FILE)
+    if protocol_changed and storage.exists(results_path) and _writes():
         aside = f"{results_path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(results_path, aside)
+        storage.move(results_path, aside)
         log(f"the old results are in {aside}")
     results = _read_results(results_path, out_dir, log, trust_result_files=not protocol_changed)
-    failed_before = len(results_table.failed_keys(results)) if retry_failed else 0
+    failed_before = len(results_table.failed_keys(results)) if checked.retry_failed else 0
     if failed_before:
         log(f"{failed_before} failed run(s) in {results_path} will be trained again "
             "(retry_failed=False keeps them)")
 
     work = []
-    for task, setting, name in settings:
+    for task, setting, name in checked.settings:
         n_train = setting["num_train_examples"]
         if cfg.max_train_examples:
             n_train = min(n_train, cfg.max_train_examples)
@@ -240,24 +278,25 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
                      log=log if progress else (lambda s: None))
     preset_grid = tuple(preset.grid or DEFAULT_GRID)
     grid_note = "" if grid == preset_grid else f"; grid {[list(g) for g in grid]} given"
+    seeds_note = f" x {checked.seeds} seeds" if checked.seeds > 1 else ""
     log(f"MAD protocol, preset '{preset.name}' ({preset.description}{grid_note}); arch '{arch}'; "
-        f"{len(settings)} settings x {len(grid)} runs"
-        f"{f' x {seeds} seeds' if seeds > 1 else ''} -> {out_dir}")
+        f"{len(checked.settings)} settings x {len(grid)} runs{seeds_note} -> {out_dir}")
     t_start = time.time()
-    for i, ((task, setting, name), setting_work) in enumerate(zip(settings, work)):
-        label = f"[{arch} {i + 1}/{len(settings)}] {task}/{name}"
+    for i, ((task, setting, name), setting_work) in enumerate(zip(checked.settings, work)):
+        label = f"[{arch} {i + 1}/{len(checked.settings)}] {task}/{name}"
         pending = signals.take_up()  # SIGINT / SIGTERM between settings: every result is written
         if pending is not None:
             raise signals.Interrupted(pending, where=f"before {task}/{name}")
-        data = load_task_data(task, setting, cfg, cache_dir=cache_dir)
+        data = load_task_data(task, setting, cfg, cache_dir=checked.cache_dir)
         # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
         # max_length is the setting's seq_len, as the reference passes it.
-        model = model_fn(task, int(setting["vocab_size"]), model_max_length(setting, data[0][0]))
+        model = checked.model_fn(task, int(setting["vocab_size"]),
+                                 model_max_length(setting, data[0][0]))
         identity = setting_identity(model, task, setting, cfg)
         todo_runs = _runs_to_train(results, identity, arch=arch, task=task, name=name,
-                                   cfg=cfg, grid=grid, retry_failed=retry_failed,
-                                   on_change=on_change, run_dir=os.path.join(out_dir, "runs",
-                                                                             task, name),
+                                   cfg=cfg, grid=grid, retry_failed=checked.retry_failed,
+                                   on_change=checked.on_change,
+                                   run_dir=storage.join(out_dir, "runs", task, name),
                                    label=label, log=log)
         if not todo_runs:
             meter.skip(setting_work)
@@ -268,13 +307,13 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         setting_cfg = (cfg if cfg.seeds is None
                        else dataclasses.replace(cfg, seeds=todo_seeds))
         rows, runs = _run_setting(model, data, task, setting, name, todo, cfg=setting_cfg,
-                                  arch=arch, preset=preset, identity=identity, is_mad=is_mad,
-                                  out_dir=out_dir, meter=meter, label=label,
-                                  setting_work=setting_work, log=log)
+                                  arch=arch, preset=preset, identity=identity,
+                                  is_mad=checked.is_mad, out_dir=out_dir, meter=meter,
+                                  label=label, setting_work=setting_work, log=log)
         results = results_table.upsert(results, rows)
         if _writes():
             if runs:
-                _write_result_file(os.path.join(out_dir, "runs", task, name), results, runs,
+                _write_result_file(storage.join(out_dir, "runs", task, name), results, runs,
                                    task=task, name=name, setting=setting, preset=preset,
                                    arch=arch, identity=identity)
             results_table.write(results_path, results)
@@ -311,8 +350,7 @@ def run_fingerprint(identity: Mapping[str, Any], lr: float, wd: float, seed: int
 
 def _stored_identity(run_dir: str):
     try:
-        with open(os.path.join(run_dir, "result.json")) as f:
-            return json.load(f).get("identity")
+        return storage.read_json(storage.join(run_dir, "result.json")).get("identity")
     except (OSError, ValueError):
         return None
 
@@ -359,11 +397,11 @@ def _read_results(path: str, out_dir: str, log, *, trust_result_files: bool = Tr
     try:
         return results_table.read(path)
     except results_table.ResultsError as e:
-        rows = (results_table.rows_from_result_files(os.path.join(out_dir, "runs"))
+        rows = (results_table.rows_from_result_files(storage.join(out_dir, "runs"))
                 if trust_result_files else [])
         aside = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
         if _writes():
-            os.replace(path, aside)
+            storage.move(path, aside)
         rebuilt = results_table.upsert(results_table.empty(), rows)
         if _writes():
             results_table.write(path, rebuilt)
@@ -376,7 +414,7 @@ def _run_setting(model, data, task, setting, name, grid, *, cfg, arch, preset, i
                  out_dir, meter, label, setting_work, log) -> list[dict]:
     from mad_jax import tasks as tasks_lib
 
-    run_dir = os.path.join(out_dir, "runs", task, name)
+    run_dir = storage.join(out_dir, "runs", task, name)
     key, value = tasks_lib.difficulty_variable(task, setting)
     common = {"arch": arch, "preset": preset.name, "task": task, "setting": name,
               "difficulty_key": key, "difficulty_value": value, "select_on": cfg.select_on,
@@ -392,9 +430,7 @@ def _run_setting(model, data, task, setting, name, grid, *, cfg, arch, preset, i
         raise
     except Exception as e:  # a run that crashes is recorded as failed; the sweep goes on
         if _writes():
-            os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "error.txt"), "w") as f:
-                f.write(traceback.format_exc())
+            storage.write_text(storage.join(run_dir, "error.txt"), traceback.format_exc())
         message = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
         meter.end_setting(setting_work)
@@ -418,10 +454,9 @@ def _run_setting(model, data, task, setting, name, grid, *, cfg, arch, preset, i
 def _write_result_file(run_dir, results, runs, *, task, name, setting, preset, arch, identity):
     """The setting's result.json: its identity, every run's curves (earlier ones kept) and every
     row of the setting in the table (a damaged results.csv is rebuilt from these files)."""
-    path = os.path.join(run_dir, "result.json")
+    path = storage.join(run_dir, "result.json")
     try:
-        with open(path) as f:
-            old = json.load(f)
+        old = storage.read_json(path)
     except (OSError, ValueError):  # none yet, or damaged: only this invocation's runs are kept
         old = {}
     earlier = old.get("runs", []) if old.get("identity") == identity else []
@@ -438,6 +473,6 @@ def _write_result_file(run_dir, results, runs, *, task, name, setting, preset, a
     for row in rows:
         if isinstance(row.get("setting_params"), str):
             row["setting_params"] = json.loads(row["setting_params"])
-    atomic_write_json(path, {"task": task, "setting": name, "setting_params": dict(setting),
+    storage.write_json(path, {"task": task, "setting": name, "setting_params": dict(setting),
                              "preset": preset.name, "arch": arch, "identity": identity,
                              "runs": all_runs, "rows": rows})

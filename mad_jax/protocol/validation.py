@@ -1,16 +1,18 @@
-"""Checks the protocol runs before anything trains or is written: tasks, grid, seeds and every
-architecture against the task data it will see (layer configs against the width, the model's
-output classes against the task's vocabulary). Each failure is one `ProtocolError` line that
-names the problem and the fix.
+"""Checks the protocol runs before anything trains or is written: tasks, grid, seeds, the mesh
+against the devices, and every architecture against the task data it will see (layer configs
+against the width, the model's output classes against the task's vocabulary). Each failure is one
+`ProtocolError` line that names the problem and the fix.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from mad_jax.training import model_check
+from mad_jax.training.config import TrainConfig
+from mad_jax.training.train import make_partitioner
 
 
 class ProtocolError(ValueError):
@@ -39,6 +41,14 @@ def check_seeds(seeds) -> int:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ProtocolError(f"seeds must be a positive integer, got {seeds!r}")
     return seeds
+
+
+def check_mesh(cfg: TrainConfig, *, num_runs: int) -> None:
+    """The training loop's own mesh checks (`make_partitioner`: the axes against the devices,
+    the sweep axis against the runs trained together, the batch against the data axes), run
+    once before anything trains; ValueError (one line) for a mesh that cannot train them."""
+    if cfg.mesh:
+        make_partitioner(cfg, group_size=num_runs if cfg.vmap else 1)
 
 
 def settings_to_check(planned: Sequence[tuple[str, dict, str]]) -> list[tuple[str, dict]]:

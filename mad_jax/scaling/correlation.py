@@ -7,14 +7,12 @@ go with lower perplexity, i.e. a negative correlation.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 from typing import Mapping
 
 import numpy as np
 
-from mad_jax.scaling import storage
+from mad_jax import storage
 
 
 def _parse_pairs(text: str) -> dict[str, str]:
@@ -33,13 +31,11 @@ def _score_from(value, arch: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         pass
-    import pandas as pd  # noqa: PLC0415
-
     from mad_jax import protocol  # noqa: PLC0415 - protocol results are optional input
 
     if not storage.exists(value):
         raise FileNotFoundError(f"MAD results {value!r} not found")
-    table = pd.read_csv(io.BytesIO(storage.read_bytes(value)))
+    table = storage.read_csv(value)
     return float(protocol.scores(table, arch=arch if "arch" in table.columns else None)["mean"])
 
 
@@ -57,15 +53,13 @@ def load_mad_scores(spec, arch_map: str | Mapping[str, str] = "") -> dict[str, f
         return {f: _score_from(v, arch_of.get(f, f)) for f, v in spec.items()}
     text = str(spec)
     if text.endswith(".json"):
-        return load_mad_scores(json.loads(storage.read_bytes(text).decode("utf-8")), arch_of)
+        return load_mad_scores(storage.read_json(text), arch_of)
     if text.endswith(".csv"):
-        import pandas as pd  # noqa: PLC0415
-
         from mad_jax import protocol  # noqa: PLC0415
 
         if not storage.exists(text):
             raise FileNotFoundError(f"MAD results {text!r} not found")
-        table = pd.read_csv(io.BytesIO(storage.read_bytes(text)))
+        table = storage.read_csv(text)
         archs = set(table["arch"].dropna()) if "arch" in table.columns else set()
         return {f: float(protocol.scores(table, arch=a)["mean"])
                 for f, a in arch_of.items() if a in archs}

@@ -18,7 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mad_jax.scaling import ladders, storage
+from mad_jax import storage, training
+from mad_jax.scaling import ladders
 from mad_jax.scaling.pretrain import PretrainConfig, pretrain
 
 RESULT_COLUMNS = (
@@ -141,22 +142,17 @@ def result_row(run: PlannedRun, out: Mapping) -> dict:
 
 
 def write_results_csv(path: str, rows: Sequence[Mapping]) -> None:
-    """Writes the results table atomically (columns `RESULT_COLUMNS`)."""
+    """Writes the results table atomically (columns `RESULT_COLUMNS`; a local path or a URL)."""
     import pandas as pd  # noqa: PLC0415
 
-    frame = pd.DataFrame(list(rows), columns=list(RESULT_COLUMNS))
-    storage.write_text(path, frame.to_csv(index=False))
+    storage.write_csv(path, pd.DataFrame(list(rows), columns=list(RESULT_COLUMNS)))
 
 
 def read_results_csv(path: str):
     """The IsoFLOP results table (local path or bucket URL) as a pandas DataFrame."""
-    import io  # noqa: PLC0415
-
-    import pandas as pd  # noqa: PLC0415
-
     if not storage.exists(path):
         raise FileNotFoundError(f"no results table at {path}; run the sweep first")
-    return pd.read_csv(io.BytesIO(storage.read_bytes(path)))
+    return storage.read_csv(path)
 
 
 def run_isoflop(plan: Plan, tokens, eval_windows_ExW: np.ndarray, workdir: str, *,
@@ -199,7 +195,8 @@ def run_isoflop(plan: Plan, tokens, eval_windows_ExW: np.ndarray, workdir: str, 
         config = PretrainConfig(seq_len=run.seq_len, global_batch=run.global_batch,
                                 total_steps=run.steps, **overrides)
         model = run.rung.build(run.seq_len)
-        ckpt_dir = storage.join(workdir, "checkpoints", run.name) if checkpoints else None
+        ckpt_dir = (training.local_checkpoint_dir(storage.join(workdir, "checkpoints", run.name))
+                    if checkpoints else None)
         out = pretrain(model, tokens, eval_windows_ExW, config, log=log, label="    ",
                        checkpoint_dir=ckpt_dir)
         row = result_row(run, out)
@@ -226,4 +223,4 @@ def run_isoflop(plan: Plan, tokens, eval_windows_ExW: np.ndarray, workdir: str, 
 def _jsonable(obj):
     import json  # noqa: PLC0415
 
-    return json.loads(json.dumps(obj, default=storage._json_default))  # noqa: SLF001
+    return json.loads(json.dumps(obj, default=storage.json_default))

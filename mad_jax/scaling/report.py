@@ -9,15 +9,14 @@ mad_correlation.png when MAD scores are given.
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mad_jax import figures
-from mad_jax.scaling import correlation, fits, state_optimal, storage
+from mad_jax import figures, storage
+from mad_jax.scaling import correlation, fits, state_optimal
 
 PLOTS = ("isoflop.png", "frontier.png", "state_optimal.png")
 
@@ -77,10 +76,7 @@ def ranking(optimal: Mapping[str, Mapping[float, Mapping]]
 
 
 def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    storage.write_bytes(path, buf.getvalue())
-
+    figures.save(fig, path, dpi=120, bbox_inches="tight")
 
 
 

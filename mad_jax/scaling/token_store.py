@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mad_jax.scaling import storage
+from mad_jax import storage
 from mad_jax.scaling.tokenizer import Tokenizer, tokenizer_from_json
 
 SPLITS = ("train", "validation")
@@ -46,7 +46,9 @@ def _array_spec(path: str, split: str, dtype: str | None = None, chunk: int = CH
 def _context(cache_bytes: int):
     import tensorstore as ts  # noqa: PLC0415
 
-    return ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)}})
+    # A child of storage's context: a memory:// store is the one storage's files are in.
+    return ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)}},
+                      parent=storage.context())
 
 
 class TokenStore:
@@ -80,7 +82,7 @@ class TokenStore:
         arrays = {split: ts.open(_array_spec(path, split), open=True, read=True,
                                  context=context).result()
                   for split in SPLITS}
-        stored = storage.read_bytes(storage.join(path, TOKENIZER)).decode("utf-8")
+        stored = storage.read_text(storage.join(path, TOKENIZER))
         tokenizer = tokenizer_from_json(stored, name=meta["tokenizer"])
         return cls(path, meta, arrays, tokenizer)
 

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from mad_jax import storage
+
 BYTE = "byte"
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", "<EOS>")
 
@@ -109,11 +111,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
     """"byte" -> ByteTokenizer; a path (local, or a URL such as gs://...) -> JsonTokenizer."""
     if spec == BYTE:
         return ByteTokenizer()
-    from mad_jax.scaling import storage  # noqa: PLC0415 - keeps this module free of tensorstore
-
     if not storage.exists(spec):
         raise FileNotFoundError(f"tokenizer {spec!r} is neither 'byte' nor an existing JSON file")
-    return JsonTokenizer(storage.read_bytes(spec).decode("utf-8"),
+    return JsonTokenizer(storage.read_text(spec),
                          name=spec.rstrip("/").rsplit("/", 1)[-1])
 
 

@@ -1,23 +1,25 @@
-"""`load`: a setting's train or test split, optionally through an on-disk cache.
+"""`load`: a setting's train or test split, optionally through a cache (a local folder or a
+bucket URL).
 
 A cache entry is one .npz file named by a hash of (format version, task, resolved generation
 parameters, split, seed, number of examples, and for the validation split the size of the test
-split it is disjoint from). Writers write a private temporary file in the
-cache directory, fsync it and os.replace it onto the entry: the replace is atomic on POSIX, so
-readers see either no entry or a whole one, and two processes writing the same entry at once both
-succeed (the content is identical; the last replace wins). An entry that fails to load or does not
-match its key is regenerated and rewritten.
+split it is disjoint from). Entries are written atomically (`mad_jax.storage.write_bytes`: locally
+a private temporary file, fsynced and os.replace'd onto the entry), so readers see either no entry
+or a whole one, and two processes writing the same entry at once both succeed (the content is
+identical; the last write wins). An entry that fails to load or does not match its key is
+regenerated and rewritten.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from mad_jax import storage
 from mad_jax.tasks import grid, seeding, validation
 from mad_jax.tasks.generation import generate
 from mad_jax.tasks.registry import check_split, get_task, resolve_params
@@ -60,12 +62,12 @@ def cache_path(cache_dir: str | os.PathLike, task: str, setting: Mapping[str, An
     params = resolve_params(task, setting)
     key = cache_key(task, params, split, seed, _num_examples(task, setting, split),
                     _disjoint_from(task, setting, split))
-    return os.path.join(os.fspath(cache_dir), f"{task}-{split}-{key}.npz")
+    return storage.join(cache_dir, f"{task}-{split}-{key}.npz")
 
 
 def _read(path: str, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as data:
             if str(data["meta"]) != meta:
                 return None
             return data["inputs"], data["targets"]
@@ -76,19 +78,9 @@ def _read(path: str, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _write(path: str, inputs: np.ndarray, targets: np.ndarray, meta: str) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, inputs=inputs, targets=targets, meta=np.array(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, inputs=inputs, targets=targets, meta=np.array(meta))
+    storage.write_bytes(path, buf.getvalue())
 
 
 def load(task: str, setting: Mapping[str, Any], split: str, *, seed: int,
@@ -99,7 +91,8 @@ def load(task: str, setting: Mapping[str, Any], split: str, *, seed: int,
     "train", setting["num_test_examples"] for "test", and setting["num_validation_examples"] for
     "validation", else its num_test_examples (the task's baseline sizes where absent). The
     validation split is disjoint from the test split of num_test_examples rows (see `generate`).
-    With cache_dir, reads the data set from the cache or generates and writes it there.
+    With cache_dir (a local folder or a URL such as gs://bucket/data), reads the data set from
+    the cache or generates and writes it there.
     """
     get_task(task)
     check_split(split)

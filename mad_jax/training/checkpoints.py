@@ -7,24 +7,45 @@ mid-save leaves the previous checkpoint intact; the partial folder is cleaned up
 from __future__ import annotations
 
 import copy
-
+import hashlib
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mad_jax import storage
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored; the message names its path."""
 
 
+def local_checkpoint_dir(directory: str | os.PathLike) -> str:
+    """`directory` itself when local; for a bucket URL, a local scratch folder named by its hash.
+
+    Orbax reaches buckets only through gcsfs, which mad_jax does not install, so the checkpoints of
+    a sweep whose workdir is a URL live on this machine: a process killed on the same machine
+    resumes from them; elsewhere, an unfinished setting restarts (finished ones are in results).
+    """
+    directory = os.fspath(directory)
+    if not storage.is_url(directory):
+        return directory
+    digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "mad_jax-checkpoints", digest)
+
+
 class Checkpointer:
-    """Saves and restores `(state, meta)` under `directory/<step>/{state,meta}`."""
+    """Saves and restores `(state, meta)` under `directory/<step>/{state,meta}` (a local folder)."""
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 1,
                  async_save: bool = True):
+        if storage.is_url(directory):
+            raise ValueError(f"checkpoints need a local folder, got {directory}: orbax reaches "
+                             "buckets only through gcsfs, which mad_jax does not install; pass "
+                             "training.local_checkpoint_dir(directory)")
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,

@@ -10,6 +10,12 @@ from typing import Any, Mapping
 # Budgets that can be given in steps, epochs or examples (exactly one of each family).
 BUDGETS = ("train", "eval_every", "checkpoint_every")
 _UNITS = ("steps", "epochs", "examples")
+# Fields that do not change what a run computes: the devices, logging, checkpoint cadence, how the
+# grid is laid out. A finished run, and a checkpoint, stays valid when they change (a checkpoint
+# restores onto any mesh).
+NOT_IDENTITY = ("mesh", "sharding_rules", "dcn_mesh", "log_every_steps", "tensorboard",
+                "keep_checkpoints", "vmap", "checkpoint_every_steps", "checkpoint_every_epochs",
+                "checkpoint_every_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +26,9 @@ class TrainConfig:
     every parameter), cosine decay to 1e-6 over 200 epochs stepped once per epoch, batch 128,
     evaluation every epoch, stop once the (macro) test accuracy reaches 0.999. One exception:
     precision defaults to float32, which every backend runs fast; the reference trains in bf16
-    autocast, and the `full` protocol preset does too (`precision="bfloat16"`).
+    autocast, and the `full` protocol preset does too (`precision="bfloat16"`). These defaults
+    are written here only: the presets (`mad_jax.protocol.presets`) list what differs from them,
+    and the sweep configs' `train` groups are derived from these fields.
     """
 
     learning_rate: float = 5e-4
@@ -105,6 +113,9 @@ class TrainConfig:
                                  f"{', '.join(valid)}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}")
+        if not self.mesh and (self.dcn_mesh or self.sharding_rules):
+            raise ValueError("dcn_mesh and sharding_rules need a mesh, e.g. mesh='auto' "
+                             "(--config.mesh=auto)")
 
     def _check_ranges(self) -> None:
         """One-line ValueErrors for values no run can use (before anything trains)."""

@@ -1,4 +1,5 @@
-"""Per-run metrics: JSON lines (`metrics.jsonl`) and TensorBoard event files, side by side."""
+"""Per-run metrics: JSON lines (`metrics.jsonl`) and TensorBoard event files, side by side, in a
+local folder or under a bucket URL (`mad_jax.storage`)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import os
 import time
 from typing import Mapping
 
-from mad_jax.training.io import atomic_write_text
+from mad_jax import storage
 from mad_jax.training.tensorboard import EventFileWriter
 
 METRICS_FILE = "metrics.jsonl"
@@ -30,22 +31,20 @@ class MetricsWriter:
     def __init__(self, run_dir: str | os.PathLike, *, resume_step: int | None = None,
                  tensorboard: bool = True):
         self.run_dir = os.fspath(run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        self.path = os.path.join(self.run_dir, METRICS_FILE)
+        self.path = storage.join(self.run_dir, METRICS_FILE)
         if resume_step is None:
-            if os.path.exists(self.path):
-                os.remove(self.path)
-        elif os.path.exists(self.path):
+            storage.remove(self.path)
+        elif storage.exists(self.path):
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._f = open(self.path, "a")
+            storage.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._f = storage.AppendFile(self.path)
         self._tb = (EventFileWriter(self.run_dir, start_step=resume_step) if tensorboard else None)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         now = time.time()
         record = {"step": int(step), "wall_time": now}
         record.update({k: _clean(v) for k, v in values.items()})
-        self._f.write(json.dumps(record) + "\n")
+        self._f.write((json.dumps(record) + "\n").encode())
         if self._tb is not None:
             self._tb.scalars(int(step), {k: float(v) for k, v in values.items()}, wall_time=now)
 
@@ -55,8 +54,7 @@ class MetricsWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._f.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -64,10 +62,9 @@ class MetricsWriter:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics.jsonl file (a torn last line from a killed process is skipped)."""
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for line in storage.read_text(path).splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
     return records

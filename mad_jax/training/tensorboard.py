@@ -14,7 +14,8 @@ and each payload is a serialized `tensorflow.Event` protobuf. We only need three
                                                which is what a resumed run wants)
 
 so the protobuf wire format is encoded here directly (varints, 64-bit doubles, 32-bit floats,
-length-delimited fields). `read_events` decodes the same subset, for tests and tools.
+length-delimited fields). `read_events` decodes the same subset, for tests and tools. Files go
+to a local folder or under a bucket URL (`mad_jax.storage`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import socket
 import struct
 import time
 from typing import Iterator
+
+from mad_jax import storage
 
 _FILE_COUNTER = iter(range(1 << 62))
 
@@ -108,12 +111,11 @@ class EventFileWriter:
     """
 
     def __init__(self, logdir: str | os.PathLike, *, start_step: int | None = None):
-        os.makedirs(logdir, exist_ok=True)
         now = time.time()
         name = (f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}."
                 f"{next(_FILE_COUNTER)}")
-        self.path = os.path.join(os.fspath(logdir), name)
-        self._f = open(self.path, "ab")
+        self.path = storage.join(logdir, name)
+        self._f = storage.AppendFile(self.path)
         self._write(encode_event(wall_time=now, file_version="brain.Event:2"))
         if start_step is not None:
             self._write(encode_event(wall_time=now, step=start_step, session_start=True))
@@ -130,8 +132,7 @@ class EventFileWriter:
         self._f.flush()
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._f.close()
 
 
 # --- reading (tests, tools) ---
@@ -188,8 +189,7 @@ def decode_event(payload: bytes) -> dict:
 
 def read_records(path: str | os.PathLike) -> Iterator[bytes]:
     """Payloads of a TFRecord file; raises ValueError on a bad checksum."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     pos = 0
     while pos + 12 <= len(data):
         header = data[pos:pos + 8]

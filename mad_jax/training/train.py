@@ -20,22 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mad_jax import sharding
+from mad_jax import sharding, storage
 from mad_jax.models.accounting import count_params
 from mad_jax.training import loop, losses, model_check
-from mad_jax.training.checkpoints import Checkpointer
-from mad_jax.training.config import TrainConfig, to_steps
+from mad_jax.training.checkpoints import Checkpointer, local_checkpoint_dir
+from mad_jax.training.config import NOT_IDENTITY, TrainConfig, to_steps
 from mad_jax.training.hparam_grid import GridState, init_grid_state
 from mad_jax.training.metrics_writer import MetricsWriter
 from mad_jax.training.optimizer import make_optimizer
 from mad_jax.training.steps import init_params
 
 BatchFn = Callable[[int], Iterator[Mapping[str, np.ndarray]]]
-# Fields that do not change what a run computes (a checkpoint stays valid when they change).
-# The mesh is not either: a checkpoint restores onto any mesh.
-_NOT_IN_FINGERPRINT = ("log_every_steps", "tensorboard", "keep_checkpoints", "vmap",
-                       "checkpoint_every_steps", "checkpoint_every_epochs",
-                       "checkpoint_every_examples", "mesh", "sharding_rules", "dcn_mesh")
 
 
 def run_name(learning_rate: float, weight_decay: float, seed: int | None = None) -> str:
@@ -137,7 +132,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
     eval_sets = {"test": loop.pad_eval_set(test_x, test_y, eval_bs)}
     if validation_data is not None:
         eval_sets["validation"] = loop.pad_eval_set(val_x, val_y, eval_bs)
-    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
     fingerprint.update(total_steps=total, n_params=n_params,
                        model=hashlib.sha1(repr(model).encode()).hexdigest()[:16],
                        data=_digest(train_x, train_y, test_x, test_y,
@@ -156,7 +151,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
         group_runs = [runs[i] for i in group]
         ckpt_dir = None
         if out_dir:
-            ckpt_dir = os.path.join(out_dir, "checkpoints")
+            ckpt_dir = local_checkpoint_dir(storage.join(out_dir, "checkpoints"))
             if len(groups) > 1:
                 ckpt_dir = os.path.join(ckpt_dir, _run_names(group_runs, seed_axis)[0])
         group_seeds = {seed for _, _, seed in group_runs}
@@ -291,7 +286,7 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
                                      precision=cfg.precision)
     compile_s = time.perf_counter() - t0
     placed = {name: programs.place_eval_set(s) for name, s in eval_sets.items()}
-    writers = ([MetricsWriter(os.path.join(out_dir, n), resume_step=start if resumed else None,
+    writers = ([MetricsWriter(storage.join(out_dir, n), resume_step=start if resumed else None,
                               tensorboard=cfg.tensorboard) for n in _run_names(grid, seed_axis)]
                if out_dir and sharding.is_main_process() else [])
     book = _Bookkeeping(grid, cfg, programs, placed, meta=meta, start=start, total=total,
