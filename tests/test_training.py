@@ -395,3 +395,38 @@ def test_tensorboard_events_written(tmp_path):
     assert losses == [(r["step"], pytest.approx(r["train/loss"], rel=1e-6)) for r in jsonl
                       if "train/loss" in r]
     assert json.loads(json.dumps(jsonl))  # plain JSON lines
+
+
+def test_packed_settings_train_as_if_each_ran_alone():
+    """Two settings whose training sets differ in size (different epochs, per-epoch schedule,
+    eval points and budgets) in one program equal each trained on its own; one run stops
+    early on the stopping accuracy, the others train to their own ends."""
+    small = (TRAIN[0][:64], TRAIN[1][:64])
+    cfg = {"batch_size": 16, "train_epochs": 3, "eval_every_epochs": 1, "log_every_steps": 3,
+           "schedule": "per-epoch", "grid": ((1e-3, 0.0), (3e-3, 0.1)), "stop_accuracy": 0.15}
+    packed = training.fit_packed(MODEL, [{"train": TRAIN, "test": TEST},
+                                         {"train": small, "test": TEST}], cfg,
+                                 log=lambda s: None)
+    for data, got in zip((TRAIN, small), packed):
+        alone = training.fit(MODEL, data, TEST, cfg, log=lambda s: None)
+        assert [r["total_steps"] for r in got] == [r["total_steps"] for r in alone]
+        for g, a in zip(got, alone):
+            assert (g["steps"], g["best_step"], g["status"]) == (a["steps"], a["best_step"],
+                                                                 a["status"])
+            np.testing.assert_allclose(np.asarray(g["eval_curve"], float),
+                                       np.asarray(a["eval_curve"], float), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(g["loss_curve"], float),
+                                       np.asarray(a["loss_curve"], float), rtol=1e-5)
+            assert g["final_test_acc"] == pytest.approx(a["final_test_acc"], abs=1e-6)
+    assert [r["total_steps"] for r in packed[0]] == [24, 24]
+    assert [r["total_steps"] for r in packed[1]] == [12, 12]
+    # the larger setting's second run reaches 0.15 at its second epoch and stops there
+    assert [[r["steps"] for r in rs] for rs in packed] == [[24, 16], [12, 12]]
+
+
+def test_packing_refuses_settings_of_other_shapes():
+    short = (TRAIN[0][:, :8], TRAIN[1][:, :8])
+    with pytest.raises(ValueError, match="share their sequence length"):
+        training.fit_packed(MODEL, [{"train": TRAIN, "test": TEST},
+                                    {"train": short, "test": (TEST[0][:, :8], TEST[1][:, :8])}],
+                            {"batch_size": 16, "train_steps": 2}, log=lambda s: None)

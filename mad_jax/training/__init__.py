@@ -12,11 +12,12 @@ from mad_jax.training.optimizer import make_optimizer, warmup_cosine
 from mad_jax.training.steps import (TrainState, init_params, init_train_state, make_create_state,
                                     make_eval_step, make_train_step)
 from mad_jax.models.accounting import count_params
-from mad_jax.training.train import fit, load_task_data, run_name, split_task_setting, train
+from mad_jax.training.train import (fit, fit_packed, load_task_data, run_name,
+                                    split_task_setting, train)
 
 __all__ = [
     "CheckpointError", "Checkpointer", "DEFAULT_GRID", "GridState", "MetricsWriter", "TrainConfig",
-    "TrainState", "accuracy", "count_params", "fit", "init_grid_state",
+    "TrainState", "accuracy", "count_params", "fit", "fit_packed", "init_grid_state",
     "init_params", "init_train_state", "load_task_data", "local_checkpoint_dir",
     "make_create_state", "make_eval_step",
     "make_grid_eval_step", "make_grid_evaluate", "make_grid_train_step", "make_optimizer",

@@ -41,14 +41,16 @@ class GridState:
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _init_runs(tx, params, lrs, wds, rng, schedule, stacked) -> TrainState:
     # Jitted: every leaf gets its own buffer (the state is donated; no two leaves may share one).
-    def init(p, lr, wd, key):
-        return init_train_state(p, tx, learning_rate=lr, weight_decay=wd, rng=key, **schedule)
+    def init(p, lr, wd, key, run_schedule):
+        return init_train_state(p, tx, learning_rate=lr, weight_decay=wd, rng=key,
+                                **run_schedule)
     axis = 0 if stacked else None
-    return jax.vmap(init, in_axes=(axis, 0, 0, axis))(params, lrs, wds, rng)
+    return jax.vmap(init, in_axes=(axis, 0, 0, axis, 0))(params, lrs, wds, rng, schedule)
 
 
 def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tuple[float, float]],
-                    *, total_steps: int, rng: jax.Array, decay_every_steps: int = 1,
+                    *, total_steps: int | Sequence[int], rng: jax.Array,
+                    decay_every_steps: int | Sequence[int] = 1,
                     warmup_steps: int = 0, min_learning_rate: float = 1e-6,
                     stacked: bool = False) -> GridState:
     """Stacks one fresh TrainState per (lr, wd) of `grid`.
@@ -56,20 +58,22 @@ def init_grid_state(params, tx: optax.GradientTransformation, grid: Sequence[tup
     params, rng: shared by every run, or (stacked=True) one per run along a leading axis of size
     len(grid) (the seed axis: each seed's own initial parameters and dropout key).
     total_steps, decay_every_steps, warmup_steps, min_learning_rate: the schedule
-    (`optimizer.warmup_cosine`), shared by the runs.
+    (`optimizer.warmup_cosine`); total_steps and decay_every_steps may be one value per run (a
+    packed grid: runs of settings whose training sets differ in size, each in its own epochs).
     """
+    r = len(grid)
     lrs = jnp.asarray([g[0] for g in grid], jnp.float32)
     wds = jnp.asarray([g[1] for g in grid], jnp.float32)
-    schedule = {"total_steps": jnp.int32(total_steps),
-                "decay_every_steps": jnp.int32(decay_every_steps),
-                "warmup_steps": jnp.int32(warmup_steps),
-                "min_learning_rate": jnp.float32(min_learning_rate)}
+    per_run = lambda value, dtype: jnp.broadcast_to(jnp.asarray(value, dtype), (r,))  # noqa: E731
+    schedule = {"total_steps": per_run(total_steps, jnp.int32),
+                "decay_every_steps": per_run(decay_every_steps, jnp.int32),
+                "warmup_steps": per_run(warmup_steps, jnp.int32),
+                "min_learning_rate": per_run(min_learning_rate, jnp.float32)}
     try:
         runs = _init_runs(tx, params, lrs, wds, rng, schedule, stacked)
     except TypeError:  # an optimizer that cannot be a static (hashable) argument
         runs = jax.jit(_init_runs.__wrapped__, static_argnums=(0, 6))(
             tx, params, lrs, wds, rng, schedule, stacked)
-    r = len(grid)
     return GridState(runs=runs, active=jnp.ones((r,), bool),
                      stop_step=jnp.full((r,), -1, jnp.int32), nonfinite=jnp.zeros((r,), bool))
 
@@ -79,14 +83,20 @@ def run_state(grid_state: GridState, index: int) -> TrainState:
     return jax.tree_util.tree_map(lambda x: x[index], grid_state.runs)
 
 
-def make_grid_train_step(train_step: Callable, *, vmapped: bool = True) -> Callable:
+def make_grid_train_step(train_step: Callable, *, vmapped: bool = True,
+                         packed: bool = False) -> Callable:
     """`grid_train_step(grid_state, batch) -> (grid_state, metrics[R])` from a single-run step.
 
     vmapped=True steps all R runs in one program (batch shared, not mapped). vmapped=False needs
     R == 1 and calls the plain single-run step: that is how runs are trained one after another.
+    packed=True (vmapped): runs of different settings in one program. Each run gets its own batch
+    (batch leaves [R, B, ...]) and stops at its own `total_steps`; a run that did not step (done,
+    stopped or failed) reports zeros and `stepped` 0, so sums over steps are its own.
     """
+    if packed and not vmapped:
+        raise ValueError("a packed grid is vmapped: pass vmapped=True")
     if vmapped:
-        step_all = jax.vmap(train_step, in_axes=(0, None))
+        step_all = jax.vmap(train_step, in_axes=(0, 0 if packed else None))
     else:
         def step_all(runs, batch):
             if jax.tree_util.tree_leaves(runs)[0].shape[0] != 1:
@@ -97,24 +107,34 @@ def make_grid_train_step(train_step: Callable, *, vmapped: bool = True) -> Calla
     def grid_train_step(grid_state: GridState, batch) -> tuple[GridState, dict]:
         new_runs, metrics = step_all(grid_state.runs, batch)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-        keep = grid_state.active & finite
+        active, stop_step = grid_state.active, grid_state.stop_step
+        if packed:  # a run past its own budget is done: frozen, like a stopped one
+            budget_left = grid_state.runs.step < grid_state.runs.hparams["total_steps"]
+            stop_step = jnp.where(active & ~budget_left, grid_state.runs.step, stop_step)
+            active = active & budget_left
+        keep = active & finite
         runs = jax.tree_util.tree_map(
             lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
             new_runs, grid_state.runs)
-        just_failed = grid_state.active & ~finite
+        just_failed = active & ~finite
         new_grid = grid_state.replace(
             runs=runs, active=keep,
-            stop_step=jnp.where(just_failed, new_runs.step, grid_state.stop_step),
+            stop_step=jnp.where(just_failed, new_runs.step, stop_step),
             nonfinite=grid_state.nonfinite | just_failed)
+        if packed:
+            metrics = {k: jnp.where(keep, v, jnp.zeros_like(v)) for k, v in metrics.items()}
+            metrics["stepped"] = keep.astype(jnp.float32)
         return new_grid, metrics
 
     return grid_train_step
 
 
-def make_grid_eval_step(eval_step: Callable, *, vmapped: bool = True) -> Callable:
-    """`grid_eval_step(grid_state, batch) -> metrics[R]` from a single-run eval step."""
+def make_grid_eval_step(eval_step: Callable, *, vmapped: bool = True,
+                        packed: bool = False) -> Callable:
+    """`grid_eval_step(grid_state, batch) -> metrics[R]` from a single-run eval step; packed:
+    each run evaluates its own batch (batch leaves [R, B, ...])."""
     if vmapped:
-        eval_all = jax.vmap(eval_step, in_axes=(0, None))
+        eval_all = jax.vmap(eval_step, in_axes=(0, 0 if packed else None))
     else:
         def eval_all(runs, batch):
             metrics = eval_step(jax.tree_util.tree_map(lambda x: x[0], runs), batch)
@@ -129,7 +149,8 @@ def make_grid_eval_step(eval_step: Callable, *, vmapped: bool = True) -> Callabl
 def make_grid_evaluate(grid_eval_step: Callable) -> Callable:
     """`evaluate(grid_state, inputs_NbxBxL, targets_NbxBxL) -> metrics[R]` summed over all batches.
 
-    One program scans the whole (padded) test set, so evaluation is a single dispatch.
+    One program scans the whole (padded) test set, so evaluation is a single dispatch. For a
+    packed grid the eval sets are [Nb, R, B, L]: batch b of every run's own set, side by side.
     """
     def evaluate(grid_state: GridState, inputs_NbxBxL, targets_NbxBxL) -> dict:
         def body(total, batch):

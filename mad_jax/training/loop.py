@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mad_jax.tasks.registry import IGNORE_INDEX
 from mad_jax.training import signals
@@ -125,16 +126,20 @@ class Programs:
 
 
 def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, batch_shape,
-                     eval_shape, vmapped: bool, precision: str = "float32") -> Programs:
+                     eval_shape, vmapped: bool, precision: str = "float32",
+                     packed: bool = False) -> Programs:
     """Compiles (or reuses) the train and evaluate programs of these shapes on `part`'s mesh.
 
-    batch_shape: (B, L) of a train batch; eval_shape: (Nb, B, L) of a padded eval set.
+    batch_shape: (B, L) of a train batch; eval_shape: (Nb, B, L) of a padded eval set. packed:
+    every run has its own batches and eval set (`hparam_grid.make_grid_train_step`): then
+    batch_shape is (R, B, L) and eval_shape (Nb, R, B, L).
     Equal flax modules (they hash by their fields, resolved layer classes included), optimizers,
     shapes and meshes share one executable; the schedule and the hyperparameters are state
     arrays, so they are not part of the key.
     """
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), gstate)
-    key = (model, tx, precision, vmapped, part.mesh, part.rules, jax.tree.structure(abstract),
+    key = (model, tx, precision, vmapped, packed, part.mesh, part.rules,
+           jax.tree.structure(abstract),
            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract)),
            tuple(batch_shape), tuple(eval_shape))
     try:
@@ -147,12 +152,17 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
 
     batch = {k: jax.ShapeDtypeStruct(tuple(batch_shape), jnp.int32) for k in ("inputs", "targets")}
     eval_set = (jax.ShapeDtypeStruct(tuple(eval_shape), jnp.int32),) * 2
-    batch_sh = part.batch_shardings(batch)
-    eval_sh = tuple(part.batch_shardings(x, leading=1) for x in eval_set)
+    if packed:  # runs over the sweep axis, each run's examples over the data axes
+        batch_sh = part.batch_shardings(batch, sweep=True)
+        eval_sh = tuple(NamedSharding(part.mesh, P(None, *batch_sh["inputs"].spec))
+                        for _ in eval_set)
+    else:
+        batch_sh = part.batch_shardings(batch)
+        eval_sh = tuple(part.batch_shardings(x, leading=1) for x in eval_set)
     grid_train = make_grid_train_step(make_train_step(model, tx, precision=precision),
-                                      vmapped=vmapped)
+                                      vmapped=vmapped, packed=packed)
     grid_evaluate = make_grid_evaluate(make_grid_eval_step(
-        make_eval_step(model, precision=precision), vmapped=vmapped))
+        make_eval_step(model, precision=precision), vmapped=vmapped, packed=packed))
     train = part.train_step(grid_train, state_shardings, batch_sh).lower(abstract, batch).compile()
     evaluate = part.jit(grid_evaluate, (state_shardings, *eval_sh), part.replicated()).lower(
         abstract, *eval_set).compile()

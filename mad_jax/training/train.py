@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,26 +72,23 @@ def _eval_summary(stats: Mapping[str, np.ndarray]) -> dict:
             "accuracy_micro": stats["correct"] / count, "loss": stats["loss_sum"] / count}
 
 
-def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.ndarray, np.ndarray],
-        config: TrainConfig | Mapping[str, Any] | None = None, *,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None, out_dir: str | None = None,
-        batch_fn: BatchFn | None = None, on_log: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] = print) -> list[dict]:
-    """Trains `model` once per (lr, wd, seed) of `config.seeded_runs`; one result dict per run.
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """One setting's arrays and the step counts its runs train by."""
 
-    train_data / test_data / validation_data: (inputs int32[N, L], targets int32[N, L] with
-      -100 = not scored). validation_data, if given, is evaluated beside the test set (it must
-      have the test set's shape); `config.select_on="validation"` needs it and then early
-      stopping reads its accuracy instead of the test set's.
-    out_dir: if given, per-run metrics (`<out_dir>/<run_name>/metrics.jsonl` + TensorBoard events)
-      and checkpoints (`<out_dir>/checkpoints`) are written there, and an interrupted call
-      resumes from the last checkpoint.
-    batch_fn(start_step) -> iterator of {"inputs", "targets"} batches from that step on; default:
-      `mad_jax.tasks.batches` (shuffled with config.seed; every seed of the seed axis sees them).
-    on_log(info): called at every log point with progress (step, total_steps, losses, accuracies).
-    Accuracies are macro (the reference's metric, `losses.macro_accuracy`) unless named micro.
-    """
-    cfg = TrainConfig.from_any(config)
+    train: tuple[np.ndarray, np.ndarray]
+    eval_sets: dict              # name -> (inputs [Nb, B, L], targets [Nb, B, L])
+    total: int
+    eval_every: int
+    ckpt_every: int | None
+    decay_every: int
+    batch_fn: BatchFn
+    digest: str
+
+
+def _plan_data(model, cfg: TrainConfig, train_data, test_data, validation_data, *,
+               batch_fn: BatchFn | None, checkpoints: bool) -> _Data:
+    """Checks one setting's arrays against the config and the model; its step counts."""
     train_x, train_y = (np.asarray(a) for a in train_data)
     test_x, test_y = (np.asarray(a) for a in test_data)
     if cfg.select_on == "validation" and validation_data is None:
@@ -113,34 +110,79 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
     total = to_steps(cfg, "train", num_train_examples=n_train, batch_size=bs)
     if total is None:
         raise ValueError("no training budget: set train_steps, train_epochs or train_examples")
-    eval_every = to_steps(cfg, "eval_every", num_train_examples=n_train, batch_size=bs) or total
-    ckpt_every = (to_steps(cfg, "checkpoint_every", num_train_examples=n_train, batch_size=bs)
-                  if out_dir else None)
-    decay_every = max(1, n_train // bs) if cfg.schedule == "per-epoch" else 1
-    batch_fn = batch_fn or default_batch_fn(train_x, train_y, batch_size=bs, seed=cfg.seed)
-
-    tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    sample = jnp.asarray(train_x[:1], jnp.int32)
-    inits = {}  # seed -> (initial params, state rng data)
-    for seed in cfg.run_seeds:
-        init_rng, state_rng = jax.random.split(jax.random.key(seed))
-        inits[seed] = (init_params(model, init_rng, sample), jax.random.key_data(state_rng))
-    n_params = count_params(inits[cfg.run_seeds[0]][0])
-    runs = cfg.seeded_runs
     eval_bs = cfg.eval_batch_size or bs
-    part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
     eval_sets = {"test": loop.pad_eval_set(test_x, test_y, eval_bs)}
     if validation_data is not None:
         eval_sets["validation"] = loop.pad_eval_set(val_x, val_y, eval_bs)
-    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
-    fingerprint.update(total_steps=total, n_params=n_params,
-                       model=hashlib.sha1(repr(model).encode()).hexdigest()[:16],
-                       data=_digest(train_x, train_y, test_x, test_y,
-                                    *(eval_sets["validation"] if validation_data is not None
-                                      else ())))
-    fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as stored in JSON
-    specs = sharding.param_specs(model, sample)
+    return _Data(
+        train=(train_x, train_y), eval_sets=eval_sets, total=total,
+        eval_every=to_steps(cfg, "eval_every", num_train_examples=n_train, batch_size=bs) or total,
+        ckpt_every=(to_steps(cfg, "checkpoint_every", num_train_examples=n_train, batch_size=bs)
+                    if checkpoints else None),
+        decay_every=max(1, n_train // bs) if cfg.schedule == "per-epoch" else 1,
+        batch_fn=batch_fn or default_batch_fn(train_x, train_y, batch_size=bs, seed=cfg.seed),
+        digest=_digest(train_x, train_y, test_x, test_y,
+                       *(eval_sets["validation"] if validation_data is not None else ())))
 
+
+def _initial_params(model, cfg: TrainConfig, sample_1xL) -> dict:
+    """seed -> (initial parameters, state rng data), for every seed the runs use."""
+    inits = {}
+    for seed in cfg.run_seeds:
+        init_rng, state_rng = jax.random.split(jax.random.key(seed))
+        inits[seed] = (init_params(model, init_rng, sample_1xL), jax.random.key_data(state_rng))
+    return inits
+
+
+def _fingerprint(model, cfg: TrainConfig, n_params: int, data: Sequence[_Data]) -> dict:
+    record = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
+    record.update(total_steps=data[0].total, n_params=n_params,
+                  model=hashlib.sha1(repr(model).encode()).hexdigest()[:16], data=data[0].digest)
+    if len(data) > 1:  # a packed group: every setting's budget and arrays
+        record.update(total_steps=[d.total for d in data], data=[d.digest for d in data])
+    return json.loads(json.dumps(record))  # tuples -> lists, as stored in JSON
+
+
+def _start_state(group_runs, inits):
+    """(params, rng, stacked): shared by the runs (one seed) or stacked per run (a seed axis)."""
+    seeds = {seed for *_, seed in group_runs}
+    if len(seeds) == 1:  # every run starts from the same parameters
+        params, rng = inits[seeds.pop()]
+        return params, rng, False
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[s][0] for *_, s in group_runs])
+    return params, jnp.stack([inits[s][1] for *_, s in group_runs]), True
+
+
+def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.ndarray, np.ndarray],
+        config: TrainConfig | Mapping[str, Any] | None = None, *,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None, out_dir: str | None = None,
+        batch_fn: BatchFn | None = None, on_log: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Trains `model` once per (lr, wd, seed) of `config.seeded_runs`; one result dict per run.
+
+    train_data / test_data / validation_data: (inputs int32[N, L], targets int32[N, L] with
+      -100 = not scored). validation_data, if given, is evaluated beside the test set (it must
+      have the test set's shape); `config.select_on="validation"` needs it and then early
+      stopping reads its accuracy instead of the test set's.
+    out_dir: if given, per-run metrics (`<out_dir>/<run_name>/metrics.jsonl` + TensorBoard events)
+      and checkpoints (`<out_dir>/checkpoints`) are written there, and an interrupted call
+      resumes from the last checkpoint.
+    batch_fn(start_step) -> iterator of {"inputs", "targets"} batches from that step on; default:
+      `mad_jax.tasks.batches` (shuffled with config.seed; every seed of the seed axis sees them).
+    on_log(info): called at every log point with progress (step, total_steps, losses, accuracies).
+    Accuracies are macro (the reference's metric, `losses.macro_accuracy`) unless named micro.
+    """
+    cfg = TrainConfig.from_any(config)
+    data = _plan_data(model, cfg, train_data, test_data, validation_data, batch_fn=batch_fn,
+                      checkpoints=bool(out_dir))
+    tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    sample = jnp.asarray(data.train[0][:1], jnp.int32)
+    inits = _initial_params(model, cfg, sample)
+    n_params = count_params(inits[cfg.run_seeds[0]][0])
+    runs = cfg.seeded_runs
+    part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
+    fingerprint = _fingerprint(model, cfg, n_params, [data])
+    specs = sharding.param_specs(model, sample)
     seed_axis = cfg.seeds is not None  # run names carry their seed
     if cfg.vmap or len(runs) == 1:
         groups, vmapped = [list(range(len(runs)))], cfg.vmap
@@ -149,37 +191,108 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
     results: list[dict] = [{} for _ in runs]
     for group in groups:
         group_runs = [runs[i] for i in group]
+        names = _run_names(group_runs, seed_axis)
         ckpt_dir = None
         if out_dir:
             ckpt_dir = local_checkpoint_dir(storage.join(out_dir, "checkpoints"))
             if len(groups) > 1:
-                ckpt_dir = os.path.join(ckpt_dir, _run_names(group_runs, seed_axis)[0])
-        group_seeds = {seed for _, _, seed in group_runs}
-        stacked = len(group_seeds) > 1  # else every run starts from the same parameters
-        if stacked:
-            params = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                  *[inits[seed][0] for _, _, seed in group_runs])
-            rng = jnp.stack([inits[seed][1] for _, _, seed in group_runs])
-        else:
-            params, rng = inits[group_seeds.pop()]
+                ckpt_dir = os.path.join(ckpt_dir, names[0])
+        params, rng, stacked = _start_state(group_runs, inits)
 
         def create_grid(params, rng, grid=tuple((lr, wd) for lr, wd, _ in group_runs),
                         stacked=stacked):
-            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=total, rng=rng,
-                                   decay_every_steps=decay_every,
+            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=data.total,
+                                   rng=rng, decay_every_steps=data.decay_every,
                                    min_learning_rate=cfg.min_learning_rate, stacked=stacked)
 
         group_results = _train_group(
             group_runs, lambda: loop.create_state(part, create_grid, params, rng,
                                                   params_specs=specs),
-            model, tx, part, eval_sets=eval_sets, batch_fn=batch_fn, cfg=cfg, total=total,
-            eval_every=eval_every, ckpt_every=ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir,
+            model, tx, part, eval_sets=data.eval_sets, batch_fn=data.batch_fn, cfg=cfg,
+            totals=np.full(len(group), data.total), eval_every=np.full(len(group), data.eval_every),
+            ckpt_every=data.ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir, names=names,
             fingerprint=fingerprint, on_log=on_log, log=log,
-            sample_shape=(bs, train_x.shape[1]), vmapped=vmapped, seed_axis=seed_axis)
+            sample_shape=(cfg.batch_size, data.train[0].shape[1]), vmapped=vmapped,
+            packed=False, seed_axis=seed_axis)
         for i, res in zip(group, group_results):
             res["params"] = n_params
             results[i] = res
     return results
+
+
+def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
+               config: TrainConfig | Mapping[str, Any] | None = None, *,
+               out_dir: str | None = None, on_log: Callable[[dict], None] | None = None,
+               log: Callable[[str], None] = print) -> list[list[dict]]:
+    """The runs of several task settings trained in one program; per setting, what `fit` gives.
+
+    datasets: one mapping per setting with "train" and "test" (and "validation" when
+      `config.select_on == "validation"`) arrays, as `fit` takes them. Every setting's batches and
+      eval sets must share their shapes (the training-set-size variants of a task share the
+      baseline's); training sets may differ in size. Every run keeps what it would have alone:
+      its own data order (the setting's shuffled batches), its schedule over its own epochs, its
+      evaluation points, early stop and NaN freeze. Only `config.vmap=True` packs.
+    out_dir: checkpoints (`<out_dir>/checkpoints`) and per-run metrics
+      (`<out_dir>/setting_<i>/<run_name>/`), resumed like `fit`'s.
+    Returns one list of result dicts per setting, in `config.seeded_runs` order.
+    """
+    cfg = TrainConfig.from_any(config)
+    if not datasets:
+        raise ValueError("fit_packed needs at least one dataset")
+    if not cfg.vmap:
+        raise ValueError("packing trains runs side by side in one program: it needs vmap=True")
+    data = [_plan_data(model, cfg, d["train"], d["test"], d.get("validation"), batch_fn=None,
+                       checkpoints=bool(out_dir)) for d in datasets]
+    shapes = {(d.train[0].shape[1],) + tuple((k, v[0].shape) for k, v in d.eval_sets.items())
+              for d in data}
+    if len(shapes) > 1:
+        raise ValueError(f"packed settings must share their sequence length and eval-set shapes; "
+                         f"got {sorted(map(str, shapes))}: pack only settings of equal shapes")
+    tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    sample = jnp.asarray(data[0].train[0][:1], jnp.int32)
+    inits = _initial_params(model, cfg, sample)
+    n_params = count_params(inits[cfg.run_seeds[0]][0])
+    runs = [(d, lr, wd, seed) for d in range(len(data)) for lr, wd, seed in cfg.seeded_runs]
+    owner = np.array([d for d, *_ in runs])  # run -> its setting
+    part = make_partitioner(cfg, group_size=len(runs))
+    seed_axis = cfg.seeds is not None
+    names = [f"setting_{d}/{name}" for d, name in
+             zip(owner, _run_names([r[1:] for r in runs], seed_axis))]
+    params, rng, stacked = _start_state(runs, inits)
+
+    def create_grid(params, rng):
+        return init_grid_state(sharding.unbox(params), tx, [(lr, wd) for _, lr, wd, _ in runs],
+                               total_steps=[data[d].total for d in owner], rng=rng,
+                               decay_every_steps=[data[d].decay_every for d in owner],
+                               min_learning_rate=cfg.min_learning_rate, stacked=stacked)
+
+    def batch_fn(start: int):  # each run's batch from its own setting's stream: [R, B, L]
+        streams = [d.batch_fn(start) for d in data]
+        for batches in zip(*streams):
+            yield {k: np.stack([np.asarray(batches[d][k]) for d in owner])
+                   for k in ("inputs", "targets")}
+
+    eval_sets = {name: tuple(np.stack([data[d].eval_sets[name][j] for d in owner], axis=1)
+                             for j in (0, 1)) for name in data[0].eval_sets}
+    out = _train_group(
+        [r[1:] for r in runs], lambda: loop.create_state(part, create_grid, params, rng,
+                                                         params_specs=sharding.param_specs(
+                                                             model, sample)),
+        model, tx, part, eval_sets=eval_sets, batch_fn=batch_fn, cfg=cfg,
+        totals=np.array([data[d].total for d in owner]),
+        eval_every=np.array([data[d].eval_every for d in owner]),
+        ckpt_every=min((d.ckpt_every for d in data if d.ckpt_every), default=None),
+        ckpt_dir=(local_checkpoint_dir(storage.join(out_dir, "checkpoints")) if out_dir
+                  else None),
+        out_dir=out_dir, names=names, fingerprint=_fingerprint(model, cfg, n_params, data),
+        on_log=on_log, log=log,
+        sample_shape=(len(runs), cfg.batch_size, data[0].train[0].shape[1]), vmapped=True,
+        packed=True, seed_axis=seed_axis)
+    per_setting: list[list[dict]] = [[] for _ in data]
+    for d, res in zip(owner, out):
+        res["params"] = n_params
+        per_setting[d].append(res)
+    return per_setting
 
 
 def make_partitioner(cfg: TrainConfig, *, group_size: int):
@@ -196,31 +309,62 @@ def _run_names(grid, seed_axis: bool) -> list[str]:
 
 
 class _Bookkeeping:
-    """One group's histories, metric files and early stopping, read at the loop's boundaries."""
+    """One group's histories, metric files and early stopping, read at the loop's boundaries.
+
+    totals, eval_every: per run (equal unless the group is packed). A packed group's runs have
+    their own boundaries (log, eval and end points); between two of a run's own boundaries its
+    summed metrics are kept here, so each run's curve reads as if it had trained alone.
+    """
 
     def __init__(self, grid, cfg: TrainConfig, programs: loop.Programs, eval_sets: dict, *,
-                 meta: dict, start: int, total: int, eval_every: int, writers: list, on_log):
+                 meta: dict, start: int, totals: np.ndarray, eval_every: np.ndarray,
+                 packed: bool, writers: list, on_log):
         self.grid, self.cfg, self.programs, self.eval_sets = grid, cfg, programs, eval_sets
-        self.hist, self.start, self.total, self.eval_every = meta["runs"], start, total, eval_every
+        self.hist, self.start, self.totals, self.eval_every = meta["runs"], start, totals, eval_every
+        self.total, self.packed = int(totals.max()), packed
         self.writers, self.on_log, self.fingerprint = writers, on_log, meta["fingerprint"]
         self.elapsed0, self.t_loop = float(meta["elapsed_s"]), time.perf_counter()
         self.active = None
+        self.last_step, self.sums, self.steps = start, None, np.zeros(len(grid))
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.t_loop
 
+    def is_boundary(self, step: int) -> bool:
+        return bool(step % self.cfg.log_every_steps == 0
+                    or np.any((step % self.eval_every == 0) | (step == self.totals)))
+
+    def _train_means(self, step: int, means: dict) -> tuple[dict, np.ndarray]:
+        """(metric -> [R] means over each run's interval, bool[R]: a point of run i's curve)."""
+        if not self.packed:  # every boundary is every run's
+            return means, np.ones(len(self.grid), bool)
+        count = step - self.last_step
+        self.last_step = step
+        sums = {k: v * count for k, v in means.items() if k != "stepped"}
+        self.sums = sums if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+        self.steps = self.steps + means["stepped"] * count
+        own = ((step % self.cfg.log_every_steps == 0) | (step % self.eval_every == 0)
+               | (step == self.totals))
+        out = {k: v / np.maximum(self.steps, 1.0) for k, v in self.sums.items()}
+        for v in self.sums.values():
+            v[own] = 0.0
+        self.steps[own] = 0.0
+        return out, own
+
     def on_boundary(self, step: int, gstate: GridState, means: dict) -> GridState:
         was_active, self.active = self.active, loop.host_value(gstate.active)
+        train, own = self._train_means(step, means)
         for i, h in enumerate(self.hist):
-            if was_active[i] and self.active[i]:
-                h["loss_curve"].append([step, float(means["loss"][i])])
+            if was_active[i] and self.active[i] and own[i]:
+                h["loss_curve"].append([step, float(train["loss"][i])])
                 if self.writers:
-                    self.writers[i].write(step, {f"train/{k}": v[i] for k, v in means.items()})
+                    self.writers[i].write(step, {f"train/{k}": v[i] for k, v in train.items()})
         evals = None
-        if step % self.eval_every == 0 or step == self.total:
+        due = (step % self.eval_every == 0) | (step == self.totals)
+        if due.any():
             evals = {name: _eval_summary(self.programs.evaluate_totals(gstate, placed))
                      for name, placed in self.eval_sets.items()}
-            reached = np.array([self.active[i] and self._record_eval(i, step, evals)
+            reached = np.array([self.active[i] and due[i] and self._record_eval(i, step, evals)
                                 for i in range(len(self.hist))], bool)
             if reached.any():
                 self.active = self.active & ~reached
@@ -266,10 +410,11 @@ class _Bookkeeping:
 
 
 def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: BatchFn,
-                 cfg: TrainConfig, total: int, eval_every: int, ckpt_every: int | None,
-                 ckpt_dir: str | None, out_dir: str | None, fingerprint: dict, on_log, log,
-                 sample_shape, vmapped: bool, seed_axis: bool) -> list[dict]:
-    """Trains one group of runs (vmapped together, or one run) through `loop.train_loop`."""
+                 cfg: TrainConfig, totals: np.ndarray, eval_every: np.ndarray,
+                 ckpt_every: int | None, ckpt_dir: str | None, out_dir: str | None,
+                 names: list[str], fingerprint: dict, on_log, log, sample_shape, vmapped: bool,
+                 packed: bool, seed_axis: bool) -> list[dict]:
+    """Trains one group of runs (vmapped together, packed, or one run) through the loop."""
     fresh, state_sh = create()
     fingerprint = dict(fingerprint, runs=[list(g) for g in grid], vmapped=vmapped)
     ckpt, gstate, meta = loop.open_checkpoint(ckpt_dir, fingerprint, fresh, log)
@@ -278,27 +423,26 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
     meta["fingerprint"] = fingerprint
     start = int(meta["step"])
     if resumed:
-        log(f"resuming from step {start}/{total} ({ckpt_dir})")
+        log(f"resuming from step {start}/{int(totals.max())} ({ckpt_dir})")
     t0 = time.perf_counter()
     programs = loop.compile_programs(model, tx, part, gstate, state_sh,
                                      batch_shape=sample_shape,
                                      eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
-                                     precision=cfg.precision)
+                                     precision=cfg.precision, packed=packed)
     compile_s = time.perf_counter() - t0
     placed = {name: programs.place_eval_set(s) for name, s in eval_sets.items()}
     writers = ([MetricsWriter(storage.join(out_dir, n), resume_step=start if resumed else None,
-                              tensorboard=cfg.tensorboard) for n in _run_names(grid, seed_axis)]
+                              tensorboard=cfg.tensorboard) for n in names]
                if out_dir and sharding.is_main_process() else [])
-    book = _Bookkeeping(grid, cfg, programs, placed, meta=meta, start=start, total=total,
-                        eval_every=eval_every, writers=writers, on_log=on_log)
+    book = _Bookkeeping(grid, cfg, programs, placed, meta=meta, start=start, totals=totals,
+                        eval_every=eval_every, packed=packed, writers=writers, on_log=on_log)
     book.active = loop.host_value(gstate.active)
     checkpointing = None if ckpt is None else loop.Checkpointing(ckpt, ckpt_every, book.meta)
     batches = (programs.place(b) for b in batch_fn(start))
     try:
         gstate, step = loop.train_loop(
-            gstate, programs, batches, start=start, total=total,
-            is_boundary=lambda s: s % eval_every == 0 or s == total or s % cfg.log_every_steps == 0,
-            on_boundary=book.on_boundary, keep_going=lambda: bool(book.active.any()),
+            gstate, programs, batches, start=start, total=book.total,
+            is_boundary=book.is_boundary, on_boundary=book.on_boundary, keep_going=lambda: bool(book.active.any()),
             checkpointing=checkpointing)
         wall = book.elapsed()
     finally:
@@ -306,7 +450,7 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
             w.close()
         if ckpt is not None:
             ckpt.wait()
-    results = _results(grid, book.hist, gstate, step=step, total=total, wall=wall,
+    results = _results(grid, book.hist, gstate, step=step, totals=totals, wall=wall,
                        compile_s=compile_s, seed_axis=seed_axis,
                        validation="validation" in eval_sets)
     if ckpt is not None:
@@ -314,7 +458,7 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
     return results
 
 
-def _results(grid, hist, gstate: GridState, *, step: int, total: int, wall: float,
+def _results(grid, hist, gstate: GridState, *, step: int, totals: np.ndarray, wall: float,
              compile_s: float, seed_axis: bool, validation: bool) -> list[dict]:
     """One result dict per run of a finished group."""
     stop_step = loop.host_value(gstate.stop_step)
@@ -341,7 +485,7 @@ def _results(grid, hist, gstate: GridState, *, step: int, total: int, wall: floa
             "final_val_acc": final_val[1], "final_val_acc_micro": final_val[3],
             "final_train_loss": h["loss_curve"][-1][1] if h["loss_curve"] else nan,
             "steps": int(stop_step[i]) if stop_step[i] >= 0 else step,
-            "total_steps": total,
+            "total_steps": int(totals[i]),
             "wall_time_s": wall, "compile_time_s": compile_s, "grid_size": len(grid),
             "loss_curve": h["loss_curve"], "eval_curve": h["eval_curve"],
             "val_curve": val,
