@@ -140,7 +140,8 @@ def prepare(config) -> list:
         storage.join(config.workdir, arch_slug(name)), tasks=config.tasks, grid=grid,
         preset=config.preset, arch=name, seed=config.seed, seeds=config.get("seeds", 1),
         train_overrides=overrides, retry_failed=config.get("retry_failed", True),
-        on_change=config.get("on_change", "error"), cache_dir=cache_dir)
+        on_change=config.get("on_change", "error"), cache_dir=cache_dir,
+        pack=config.get("pack", False))
         for name, layers in architectures(config).items()]
 
 

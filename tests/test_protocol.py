@@ -425,3 +425,37 @@ def test_select_on_validation_end_to_end(tmp_path):
     assert per_setting["score"].iloc[0] == chosen["final_test_acc"]
     text = open(protocol.write_report(str(tmp_path / "rep"), results)["md"]).read()
     assert "chosen on the held-out validation split" in text
+
+
+def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
+    """pack=True trains compression's five settings of vocabulary 16 and length 32 (the
+    baseline and its training-set sizes, capped here) in one program: the same rows as one by
+    one, up to float rounding of sums; a second run trains nothing. (Packed runs of different
+    budgets: tests/test_training.py.)"""
+    from mad_jax.protocol.presets import Preset
+
+    preset = Preset("tiny-all", "every setting, a few steps", settings="all",
+                    train={"train_epochs": 2, "batch_size": 8, "max_train_examples": 32,
+                           "max_test_examples": 16, "eval_every_epochs": 1,
+                           "log_every_steps": 2}, grid=((3e-3, 0.0),))
+
+    def run(out, pack, log=lambda s: None):
+        return protocol.run(tiny_model_fn, str(out), tasks=["compression"], preset=preset,
+                            arch="tiny", pack=pack, log=log)
+
+    messages = []
+    packed = run(tmp_path / "packed", True, messages.append)
+    alone = run(tmp_path / "alone", False)
+    assert any("5 settings packed" in m for m in messages), messages
+    key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
+    a = packed.sort_values(key).reset_index(drop=True)
+    b = alone.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) == 11 and (a[key] == b[key]).all().all()
+    cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
+                               atol=1e-5)
+    steps = ["steps", "total_steps", "best_step"]
+    assert (a[steps] == b[steps]).all().all()
+    messages.clear()
+    run(tmp_path / "packed", True, messages.append)
+    assert sum("done, skipped" in m for m in messages) == 11

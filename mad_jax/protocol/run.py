@@ -39,7 +39,7 @@ from mad_jax.training import signals
 from mad_jax.training.config import NOT_IDENTITY, TrainConfig, to_steps
 from mad_jax.training.hparam_grid import DEFAULT_GRID
 from mad_jax import sharding, storage
-from mad_jax.training.train import fit, load_task_data, model_max_length
+from mad_jax.training.train import fit, fit_packed, load_task_data, model_max_length
 
 PROTOCOL_FILE = "protocol.json"
 ON_CHANGE = ("error", "rerun")
@@ -174,14 +174,16 @@ class ProtocolRun:
     retry_failed: bool
     on_change: str
     cache_dir: str | None
+    pack: bool = False
 
 
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
         grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
         arch: str | None = None, seed: int = 0, seeds: int = 1,
         train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
-        on_change: str = "error", cache_dir: str | None = None, progress: bool = True,
-        progress_every_s: float = 10.0, log: Callable[[str], None] = print) -> pd.DataFrame:
+        on_change: str = "error", cache_dir: str | None = None, pack: bool = False,
+        progress: bool = True, progress_every_s: float = 10.0,
+        log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
 
     model_fn(task, vocab_size, max_length) -> flax Module (the user's architecture).
@@ -201,12 +203,18 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
     on_change: what to do with a finished run whose identity changed (the model's config, a
       training field, the metric's code version): "error" (default) stops with one line naming
       the field; "rerun" trains it again and says so.
+    pack: train the settings of a task that share every shape (the training-set-size variants
+      of its baseline, the noise variants, ...) side by side in one program
+      (`training.fit_packed`): each run keeps its own data, schedule, evaluation points and early
+      stop, so results equal the settings trained one by one up to float rounding of sums.
+      Faster on accelerators, where one setting's runs leave the device idle.
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     Everything is checked before anything is written (`prepare`); then `execute` runs it.
     """
     checked = prepare(model_fn, out_dir, tasks=tasks, grid=grid, preset=preset, arch=arch,
                       seed=seed, seeds=seeds, train_overrides=train_overrides,
-                      retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir)
+                      retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir,
+                      pack=pack)
     return execute(checked, progress=progress, progress_every_s=progress_every_s, log=log)
 
 
@@ -214,7 +222,8 @@ def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | No
             grid: Sequence[tuple[float, float]] | None = None, preset: str | Preset = "full",
             arch: str | None = None, seed: int = 0, seeds: int = 1,
             train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
-            on_change: str = "error", cache_dir: str | None = None) -> ProtocolRun:
+            on_change: str = "error", cache_dir: str | None = None,
+            pack: bool = False) -> ProtocolRun:
     """Checks everything `run` takes (its arguments) before anything trains or is written: the
     names, the grid, the seeds, the training config (`train_config`), the mesh against the
     devices, and the architecture on the data of its bounding settings (validation.py).
@@ -241,7 +250,8 @@ def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | No
     return ProtocolRun(model_fn=model_fn, out_dir=os.fspath(out_dir), arch=arch, preset=preset,
                        tasks=tasks, grid=grid, settings=settings, cfg=cfg, seed=seed,
                        seeds=seeds, is_mad=is_mad_protocol(preset, cfg, grid),
-                       retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir)
+                       retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir,
+                       pack=pack)
 
 
 def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: float = 10.0,
@@ -282,47 +292,50 @@ def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: fl
     log(f"MAD protocol, preset '{preset.name}' ({preset.description}{grid_note}); arch '{arch}'; "
         f"{len(checked.settings)} settings x {len(grid)} runs{seeds_note} -> {out_dir}")
     t_start = time.time()
-    for i, ((task, setting, name), setting_work) in enumerate(zip(checked.settings, work)):
-        label = f"[{arch} {i + 1}/{len(checked.settings)}] {task}/{name}"
-        pending = signals.take_up()  # SIGINT / SIGTERM between settings: every result is written
-        if pending is not None:
-            raise signals.Interrupted(pending, where=f"before {task}/{name}")
-        data = load_task_data(task, setting, cfg, cache_dir=checked.cache_dir)
-        # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
-        # max_length is the setting's seq_len, as the reference passes it.
-        model = checked.model_fn(task, int(setting["vocab_size"]),
-                                 model_max_length(setting, data[0][0]))
-        identity = setting_identity(model, task, setting, cfg)
-        todo_runs = _runs_to_train(results, identity, arch=arch, task=task, name=name,
-                                   cfg=cfg, grid=grid, retry_failed=checked.retry_failed,
-                                   on_change=checked.on_change,
-                                   run_dir=storage.join(out_dir, "runs", task, name),
-                                   label=label, log=log)
-        if not todo_runs:
-            meter.skip(setting_work)
-            log(f"{label}: done, skipped")
-            continue
-        todo = list(dict.fromkeys(g for g, _ in todo_runs))
-        todo_seeds = tuple(dict.fromkeys(s for _, s in todo_runs))
-        setting_cfg = (cfg if cfg.seeds is None
-                       else dataclasses.replace(cfg, seeds=todo_seeds))
-        rows, runs = _run_setting(model, data, task, setting, name, todo, cfg=setting_cfg,
-                                  arch=arch, preset=preset, identity=identity,
-                                  is_mad=checked.is_mad, out_dir=out_dir, meter=meter,
-                                  label=label, setting_work=setting_work, log=log)
-        results = results_table.upsert(results, rows)
-        if _writes():
-            if runs:
-                _write_result_file(storage.join(out_dir, "runs", task, name), results, runs,
-                                   task=task, name=name, setting=setting, preset=preset,
-                                   arch=arch, identity=identity)
-            results_table.write(results_path, results)
-        ok = [r for r in rows if r["status"] == "ok"]
-        best = max((r["final_test_acc"] for r in ok), default=float("nan"))
-        log(f"{label}: best final test acc (macro) {best:.3f} over {len(rows)} runs"
-            f"{f', {len(rows) - len(ok)} failed' if len(ok) < len(rows) else ''} "
-            f"({format_duration(rows[0].get('wall_time_s'))}; "
-            f"elapsed {format_duration(time.time() - t_start)})")
+    for group in _setting_groups(checked.settings, pack=checked.pack):
+        pending = []  # the group's settings with runs to train
+        for i in group:
+            task, setting, name = checked.settings[i]
+            label = f"[{arch} {i + 1}/{len(checked.settings)}] {task}/{name}"
+            stop = signals.take_up()  # SIGINT / SIGTERM between settings: every result written
+            if stop is not None:
+                raise signals.Interrupted(stop, where=f"before {task}/{name}")
+            data = load_task_data(task, setting, cfg, cache_dir=checked.cache_dir)
+            # A model_fn that rejects its arguments (unknown layer, bad config) stops the sweep.
+            # max_length is the setting's seq_len, as the reference passes it.
+            model = checked.model_fn(task, int(setting["vocab_size"]),
+                                     model_max_length(setting, data[0][0]))
+            identity = setting_identity(model, task, setting, cfg)
+            todo_runs = _runs_to_train(results, identity, arch=arch, task=task, name=name,
+                                       cfg=cfg, grid=grid, retry_failed=checked.retry_failed,
+                                       on_change=checked.on_change,
+                                       run_dir=storage.join(out_dir, "runs", task, name),
+                                       label=label, log=log)
+            if not todo_runs:
+                meter.skip(work[i])
+                log(f"{label}: done, skipped")
+                continue
+            pending.append(_Pending(i, task, setting, name, label, data, model, identity,
+                                    todo_runs, work[i]))
+        for batch in _packable(pending, full=len(grid) * len(cfg.run_seeds)):
+            done = (_run_packed(batch, cfg=cfg, grid=grid, checked=checked, meter=meter, log=log)
+                    if len(batch) > 1 else [_run_one(batch[0], cfg=cfg, checked=checked,
+                                                     meter=meter, log=log)])
+            for item, (rows, runs) in zip(batch, done):
+                results = results_table.upsert(results, rows)
+                if _writes():
+                    if runs:
+                        _write_result_file(storage.join(out_dir, "runs", item.task, item.name),
+                                           results, runs, task=item.task, name=item.name,
+                                           setting=item.setting, preset=preset, arch=arch,
+                                           identity=item.identity)
+                    results_table.write(results_path, results)
+                ok = [r for r in rows if r["status"] == "ok"]
+                best = max((r["final_test_acc"] for r in ok), default=float("nan"))
+                log(f"{item.label}: best final test acc (macro) {best:.3f} over {len(rows)} "
+                    f"runs{f', {len(rows) - len(ok)} failed' if len(ok) < len(rows) else ''} "
+                    f"({format_duration(rows[0].get('wall_time_s'))}; "
+                    f"elapsed {format_duration(time.time() - t_start)})")
     return results
 
 
@@ -410,45 +423,137 @@ def _read_results(path: str, out_dir: str, log, *, trust_result_files: bool = Tr
         return rebuilt
 
 
-def _run_setting(model, data, task, setting, name, grid, *, cfg, arch, preset, identity, is_mad,
-                 out_dir, meter, label, setting_work, log) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """A setting with runs to train, its data loaded and its model built."""
+
+    index: int
+    task: str
+    setting: dict
+    name: str
+    label: str
+    data: tuple
+    model: Any
+    identity: dict
+    todo_runs: list
+    work: float
+
+
+def _setting_groups(settings, *, pack: bool) -> list[list[int]]:
+    """Indices of the settings that may train in one program: those of a task with the same
+    vocabulary and sequence length (so the same model and shapes), in order of their first
+    setting; one setting each without packing."""
+    if not pack:
+        return [[i] for i in range(len(settings))]
+    groups: dict[tuple, list[int]] = {}
+    for i, (task, setting, _) in enumerate(settings):
+        groups.setdefault((task, setting["vocab_size"], setting["seq_len"]), []).append(i)
+    return list(groups.values())
+
+
+def _packable(pending: list[_Pending], *, full: int) -> list[list[_Pending]]:
+    """The pending settings as batches: those training every run of the grid with an equal
+    model and equal array shapes together, every other one alone."""
+    def shapes(p):
+        return tuple(None if a is None else (a[0].shape[1:], len(a[1])) for a in p.data[1:]) + (
+            p.data[0][0].shape[1],)
+    together = [p for p in pending if len(p.todo_runs) == full]
+    batches, rest = [], [p for p in pending if len(p.todo_runs) != full]
+    while together:
+        first = together[0]
+        same = [p for p in together if p.model == first.model and shapes(p) == shapes(first)]
+        batches.append(same)
+        together = [p for p in together if p not in same]
+    return batches + [[p] for p in rest]
+
+
+def _common_row(item: _Pending, cfg: TrainConfig, checked: ProtocolRun) -> dict:
     from mad_jax import tasks as tasks_lib
 
-    run_dir = storage.join(out_dir, "runs", task, name)
-    key, value = tasks_lib.difficulty_variable(task, setting)
-    common = {"arch": arch, "preset": preset.name, "task": task, "setting": name,
-              "difficulty_key": key, "difficulty_value": value, "select_on": cfg.select_on,
-              "setting_params": dict(setting), "is_mad_score": is_mad}
-    train_data, test_data, validation_data = data
-    common.update(train_examples=len(train_data[0]), test_examples=len(test_data[0]))
-    meter.start_setting(label, float(train_data[0].shape[1]))
+    key, value = tasks_lib.difficulty_variable(item.task, item.setting)
+    train_data, test_data, _ = item.data
+    return {"arch": checked.arch, "preset": checked.preset.name, "task": item.task,
+            "setting": item.name, "difficulty_key": key, "difficulty_value": value,
+            "select_on": cfg.select_on, "setting_params": dict(item.setting),
+            "is_mad_score": checked.is_mad, "train_examples": len(train_data[0]),
+            "test_examples": len(test_data[0])}
+
+
+def _rows(item: _Pending, runs: list[dict], cfg: TrainConfig, checked: ProtocolRun) -> list:
+    common = _common_row(item, cfg, checked)
+    return [dict(common, **{k: r[k] for k in (
+        "learning_rate", "weight_decay", "seed", "status", "final_test_acc",
+        "final_test_acc_micro", "best_test_acc", "best_step", "test_loss", "final_val_acc",
+        "final_val_acc_micro", "final_train_loss", "steps", "total_steps", "wall_time_s",
+        "compile_time_s", "params", "grid_size", "error")},
+        fingerprint=run_fingerprint(item.identity, r["learning_rate"], r["weight_decay"],
+                                    r["seed"])) for r in runs]
+
+
+def _failed(items: list[_Pending], grids: list, error: BaseException, cfg: TrainConfig,
+            checked: ProtocolRun, log) -> list[tuple[list, list]]:
+    """Rows marking every run of `items` failed; the traceback goes to each setting's folder."""
+    message = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    out = []
+    for item, grid in zip(items, grids):
+        run_dir = storage.join(checked.out_dir, "runs", item.task, item.name)
+        if _writes():
+            storage.write_text(storage.join(run_dir, "error.txt"), traceback.format_exc())
+        log(f"{item.label}: FAILED ({message}); traceback in {run_dir}/error.txt")
+        common = _common_row(item, cfg, checked)
+        out.append(([dict(common, learning_rate=lr, weight_decay=wd, seed=s, status="failed",
+                          error=message, grid_size=len(grid) * len(cfg.run_seeds),
+                          fingerprint=run_fingerprint(item.identity, lr, wd, s))
+                     for lr, wd in grid for s in cfg.run_seeds], []))
+    return out
+
+
+def _run_one(item: _Pending, *, cfg: TrainConfig, checked: ProtocolRun, meter,
+             log) -> tuple[list, list]:
+    """Trains one setting's runs to train (`training.fit`): (rows, runs)."""
+    grid = list(dict.fromkeys(g for g, _ in item.todo_runs))
+    seeds = tuple(dict.fromkeys(s for _, s in item.todo_runs))
+    setting_cfg = cfg if cfg.seeds is None else dataclasses.replace(cfg, seeds=seeds)
+    train_data, test_data, validation_data = item.data
+    meter.start_setting(item.label, float(train_data[0].shape[1]))
     try:
-        runs = fit(model, train_data, test_data, dataclasses.replace(cfg, grid=tuple(grid)),
-                   validation_data=validation_data, out_dir=run_dir, on_log=meter,
-                   log=lambda s: log(f"{label}: {s}"))
+        runs = fit(item.model, train_data, test_data,
+                   dataclasses.replace(setting_cfg, grid=tuple(grid)),
+                   validation_data=validation_data,
+                   out_dir=storage.join(checked.out_dir, "runs", item.task, item.name),
+                   on_log=meter, log=lambda s: log(f"{item.label}: {s}"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a run that crashes is recorded as failed; the sweep goes on
-        if _writes():
-            storage.write_text(storage.join(run_dir, "error.txt"), traceback.format_exc())
-        message = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
-        log(f"{label}: FAILED ({message}); traceback in {run_dir}/error.txt")
-        meter.end_setting(setting_work)
-        return [dict(common, learning_rate=lr, weight_decay=wd, seed=s, status="failed",
-                     error=message, grid_size=len(grid) * len(cfg.run_seeds),
-                     fingerprint=run_fingerprint(identity, lr, wd, s))
-                for lr, wd in grid for s in cfg.run_seeds], []
-    meter.end_setting(setting_work)
-    rows = []
-    for r in runs:
-        rows.append(dict(common, **{k: r[k] for k in (
-            "learning_rate", "weight_decay", "seed", "status", "final_test_acc",
-            "final_test_acc_micro", "best_test_acc", "best_step", "test_loss", "final_val_acc",
-            "final_val_acc_micro", "final_train_loss", "steps", "total_steps", "wall_time_s",
-            "compile_time_s", "params", "grid_size", "error")},
-                         fingerprint=run_fingerprint(identity, r["learning_rate"],
-                                                     r["weight_decay"], r["seed"])))
-    return rows, runs
+        meter.end_setting(item.work)
+        return _failed([item], [grid], e, setting_cfg, checked, log)[0]
+    meter.end_setting(item.work)
+    return _rows(item, runs, setting_cfg, checked), runs
+
+
+def _run_packed(items: list[_Pending], *, cfg: TrainConfig, grid, checked: ProtocolRun, meter,
+                log) -> list[tuple[list, list]]:
+    """Trains every run of several settings in one program (`training.fit_packed`)."""
+    task = items[0].task
+    label = f"[{checked.arch}] {task}: {len(items)} settings packed"
+    longest = max(to_steps(cfg, "train", num_train_examples=len(p.data[0][0]),
+                           batch_size=cfg.batch_size) for p in items)
+    meter.start_setting(label, sum(p.work for p in items) / max(longest, 1))
+    log(f"{label} ({', '.join(p.name for p in items)})")
+    try:
+        per_setting = fit_packed(
+            items[0].model, [{"train": p.data[0], "test": p.data[1], "validation": p.data[2]}
+                             for p in items], dataclasses.replace(cfg, grid=tuple(grid)),
+            out_dir=storage.join(checked.out_dir, "runs", task),
+            setting_names=[p.name for p in items], on_log=meter,
+            log=lambda s: log(f"{label}: {s}"))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # every run of the pack is recorded as failed; the sweep goes on
+        meter.end_setting(sum(p.work for p in items))
+        return _failed(items, [grid] * len(items), e, cfg, checked, log)
+    meter.end_setting(sum(p.work for p in items))
+    return [(_rows(p, runs, cfg, checked), runs) for p, runs in zip(items, per_setting)]
 
 
 def _write_result_file(run_dir, results, runs, *, task, name, setting, preset, arch, identity):

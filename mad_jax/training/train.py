@@ -222,7 +222,8 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
 
 def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
                config: TrainConfig | Mapping[str, Any] | None = None, *,
-               out_dir: str | None = None, on_log: Callable[[dict], None] | None = None,
+               out_dir: str | None = None, setting_names: Sequence[str] | None = None,
+               on_log: Callable[[dict], None] | None = None,
                log: Callable[[str], None] = print) -> list[list[dict]]:
     """The runs of several task settings trained in one program; per setting, what `fit` gives.
 
@@ -233,7 +234,8 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
       its own data order (the setting's shuffled batches), its schedule over its own epochs, its
       evaluation points, early stop and NaN freeze. Only `config.vmap=True` packs.
     out_dir: checkpoints (`<out_dir>/checkpoints`) and per-run metrics
-      (`<out_dir>/setting_<i>/<run_name>/`), resumed like `fit`'s.
+      (`<out_dir>/<setting name>/<run_name>/`; names `setting_names`, default setting_<i>),
+      resumed like `fit`'s (the loss-curve point spanning a restart covers the steps after it).
     Returns one list of result dicts per setting, in `config.seeded_runs` order.
     """
     cfg = TrainConfig.from_any(config)
@@ -256,7 +258,8 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
     owner = np.array([d for d, *_ in runs])  # run -> its setting
     part = make_partitioner(cfg, group_size=len(runs))
     seed_axis = cfg.seeds is not None
-    names = [f"setting_{d}/{name}" for d, name in
+    folders = list(setting_names or [f"setting_{d}" for d in range(len(data))])
+    names = [storage.join(folders[d], name) for d, name in
              zip(owner, _run_names([r[1:] for r in runs], seed_axis))]
     params, rng, stacked = _start_state(runs, inits)
 
@@ -430,6 +433,8 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
                                      eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
                                      precision=cfg.precision, packed=packed)
     compile_s = time.perf_counter() - t0
+    if compile_s >= 1.0:  # reused programs (same model and shapes) come back at once
+        log(f"compiled in {compile_s:.1f}s")
     placed = {name: programs.place_eval_set(s) for name, s in eval_sets.items()}
     writers = ([MetricsWriter(storage.join(out_dir, n), resume_step=start if resumed else None,
                               tensorboard=cfg.tensorboard) for n in names]
