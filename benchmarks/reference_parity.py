@@ -279,6 +279,7 @@ def compare_first_batch(ref: Reference, ref_model, model, params, batch, layers,
     from mad_jax.models.autoencoder import Decoder
     from mad_jax.models.blocks import make_norm
     from mad_jax.models.language_model import Unembed
+    from mad_jax.tasks import IGNORE_INDEX
     from mad_jax.training import losses
 
     torch = ref.torch
@@ -303,7 +304,8 @@ def compare_first_batch(ref: Reference, ref_model, model, params, batch, layers,
     ref_model.zero_grad(set_to_none=True)
     logits_ref = ref_model(inputs)
     loss_ref = torch.nn.functional.cross_entropy(
-        logits_ref.reshape(-1, logits_ref.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        logits_ref.reshape(-1, logits_ref.shape[-1]), targets.reshape(-1),
+        ignore_index=IGNORE_INDEX)
     loss_ref.backward()
     for h in handles:
         h.remove()
@@ -393,8 +395,10 @@ def macro_accuracy_reference(ref: Reference, ref_model, vocab_size: int, test_x,
                              batch_size: int) -> tuple[float, float]:
     """(macro, micro) test accuracy of the reference model: its `mad.metrics.Accuracy`
     (torchmetrics MulticlassAccuracy(num_classes=V, ignore_index=-100)) over the whole set."""
+    from mad_jax.tasks import IGNORE_INDEX
+
     torch = ref.torch
-    metric = ref.Accuracy(num_classes=vocab_size, ignore_index=-100)
+    metric = ref.Accuracy(num_classes=vocab_size, ignore_index=IGNORE_INDEX)
     correct = count = 0
     ref_model.eval()
     with torch.no_grad():
@@ -403,7 +407,7 @@ def macro_accuracy_reference(ref: Reference, ref_model, vocab_size: int, test_x,
             y = torch.from_numpy(np.asarray(test_y[start:start + batch_size], np.int64))
             logits = ref_model(x)
             metric.update(logits, y)
-            mask = y != -100
+            mask = y != IGNORE_INDEX
             correct += int(((logits.argmax(-1) == y) & mask).sum())
             count += int(mask.sum())
     ref_model.train()
@@ -449,7 +453,7 @@ def run_combo(ref: Reference, arch: str, task: str, args) -> dict:
     step_fn = jax.jit(make_train_step(model, tx))
     optimizer = torch.optim.AdamW(ref_model.parameters(), lr=args.lr, betas=(0.9, 0.999),
                                   eps=1e-8, weight_decay=args.wd)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=tasks.IGNORE_INDEX)
     ours, theirs, lrs = [], [], []
     wall = {"ours": 0.0, "reference": 0.0}
     ref_model.train()

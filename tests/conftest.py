@@ -1,4 +1,5 @@
-"""Test-session setup: 8 simulated CPU devices (for sharding tests) and hardware markers."""
+"""Test-session setup: 8 simulated CPU devices (for sharding tests), hardware markers, and the
+fixtures shared by several test modules."""
 import os
 
 # Must happen before jax initialises its backends: every test process sees 8 CPU devices, so the
@@ -39,3 +40,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a GPU"))
         if "tpu_only" in item.keywords and backend != "tpu":
             item.add_marker(pytest.mark.skip(reason="needs a TPU"))
+
+
+@pytest.fixture
+def full_precision_matmuls():
+    """True float32 matmuls for oracle comparisons (GPUs default to TF32 for float32); a test
+    module opts in with `pytestmark = pytest.mark.usefixtures("full_precision_matmuls")`."""
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -1,8 +1,5 @@
 """Attention family: parameter counts, state sizes, sliding window, rotary, GLA gates, and the
 layers against plain numpy loops written from the PyTorch reference's math."""
-import functools
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,31 +8,13 @@ import pytest
 from mad_jax import layers
 from mad_jax.layers.attention import causal_attention
 from mad_jax.layers.rotary import apply_rotary
+from mad_jax.models import count_params
+
+from layer_harness import abstract_params, apply, apply_sown, float64, init_params, random_input
 
 ATTENTION_LAYERS = ("attention", "mh-attention", "sliding-attention", "mh-sliding-attention",
                     "linear-attention", "mh-linear-attention", "gated-linear-attention",
                     "mh-gated-linear-attention")
-
-
-def _init(layer, x):
-    return nn.unbox(jax.jit(layer.init)(jax.random.key(1), x)["params"])
-
-
-def _apply(layer, params, x, **kwargs):
-    return jax.jit(functools.partial(layer.apply, **kwargs))({"params": params}, x)
-
-
-def _abstract_params(layer, x):
-    """Parameter shapes (still boxed with their logical axes) without computing anything."""
-    return jax.eval_shape(layer.init, jax.random.key(1), x)["params"]
-
-
-def _x(batch, seq_len, dim, seed=0):
-    return jax.random.normal(jax.random.key(seed), (batch, seq_len, dim), jnp.float32)
-
-
-def _count(params):
-    return sum(a.size for a in jax.tree_util.tree_leaves(params))
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -55,14 +34,15 @@ def _count(params):
 ])
 def test_parameter_counts(name, overrides, dim, expected):
     layer = layers.make_layer(name, **overrides)
-    assert _count(nn.unbox(_abstract_params(layer, _x(1, 4, dim)))) == expected
+    assert count_params(abstract_params(layer, random_input((1, 4, dim)))) == expected
 
 
 def test_logical_axes_on_projections():
-    boxed = _abstract_params(layers.make_layer("mh-attention"), _x(1, 4, 128))
+    boxed = abstract_params(layers.make_layer("mh-attention"), random_input((1, 4, 128)))
     assert boxed["query"]["kernel"].names == ("embed", "heads", "kv")
     assert boxed["out"]["kernel"].names == ("heads", "kv", "embed")
-    boxed = _abstract_params(layers.make_layer("mh-gated-linear-attention"), _x(1, 4, 128))
+    boxed = abstract_params(layers.make_layer("mh-gated-linear-attention"),
+                            random_input((1, 4, 128)))
     assert boxed["q_proj"]["kernel"].names == ("embed", "heads", "kv")
     assert boxed["o_proj"]["kernel"].names == ("heads", "kv", "embed")
     assert boxed["q_proj"]["kernel"].value.shape == (128, 8, 16)
@@ -102,8 +82,8 @@ def test_flops_full_attention_formula():
 @pytest.mark.parametrize("seq_len", [1, 33])
 def test_any_length(name, seq_len):
     layer = layers.make_layer(name)
-    x = _x(2, seq_len, 128)
-    y = _apply(layer, _init(layer, x), x)
+    x = random_input((2, seq_len, 128))
+    y = apply(layer, init_params(layer, x), x)
     assert y.shape == x.shape and np.all(np.isfinite(np.asarray(y)))
 
 
@@ -111,11 +91,11 @@ def test_any_length(name, seq_len):
                          ["mh-attention", "mh-sliding-attention", "mh-gated-linear-attention"])
 def test_bfloat16_compute(name):
     layer = layers.make_layer(name, dtype=jnp.bfloat16)
-    x = _x(2, 16, 128)
-    params = _init(layer, x)
-    y = _apply(layer, params, x.astype(jnp.bfloat16))
+    x = random_input((2, 16, 128))
+    params = init_params(layer, x)
+    y = apply(layer, params, x.astype(jnp.bfloat16))
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
-    y32 = _apply(layers.make_layer(name), params, x)
+    y32 = apply(layers.make_layer(name), params, x)
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y32), atol=5e-2, rtol=5e-2)
 
 
@@ -125,21 +105,21 @@ def test_bfloat16_compute(name):
 def test_sliding_window_drops_keys_beyond_the_window(name, seq_len):
     window = 4
     layer = layers.make_layer(name, window=window)
-    x = _x(2, seq_len, 128)
-    noise = _x(2, seq_len, 128, seed=9)
-    params = _init(layer, x)
+    x = random_input((2, seq_len, 128))
+    noise = random_input((2, seq_len, 128), seed=9)
+    params = init_params(layer, x)
     pos = jnp.arange(seq_len)[None, :, None]
 
     @jax.jit
     def outputs(first_seen):
         """Outputs for: x itself; x with every input before first_seen replaced; x with the input
         at first_seen shifted; x with every input after first_seen + window - 1 replaced."""
-        def apply(x):
+        def run(x):
             return layer.apply({"params": params}, x)
 
-        return (apply(x), apply(jnp.where(pos < first_seen, noise, x)),
-                apply(x + (pos == first_seen)),
-                apply(jnp.where(pos >= first_seen + window, noise, x)))
+        return (run(x), run(jnp.where(pos < first_seen, noise, x)),
+                run(x + (pos == first_seen)),
+                run(jnp.where(pos >= first_seen + window, noise, x)))
 
     for t in range(window, seq_len):
         first_seen = t - window + 1  # the window of t is first_seen .. t
@@ -211,18 +191,14 @@ def _np_rotary(x_LxD, rotary_dim, base=10000.0):
     return np.concatenate([x_rot * cos + rotate_half * sin, x_LxD[:, rotary_dim:]], axis=-1)
 
 
-def _f64(tree):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
-
-
 @pytest.mark.parametrize("window", [None, 3])
 def test_multi_head_attention_matches_loop_over_heads(window):
     dim, heads, rotary_dim, seq_len = 32, 4, 4, 9
     layer = layers.make_layer("mh-attention", num_heads=heads, rotary_dim=rotary_dim, window=window)
-    x = _x(2, seq_len, dim)
-    params = _init(layer, x)
-    y = np.asarray(_apply(layer, params, x))
-    p, xs = _f64(params), np.asarray(x, np.float64)
+    x = random_input((2, seq_len, dim))
+    params = init_params(layer, x)
+    y = np.asarray(apply(layer, params, x))
+    p, xs = float64(params), np.asarray(x, np.float64)
     pos = np.arange(seq_len)
     allowed = pos[None, :] <= pos[:, None]
     if window is not None:
@@ -244,10 +220,10 @@ def test_multi_head_attention_matches_loop_over_heads(window):
 def test_linear_attention_matches_reference_quadratic_form():
     dim, heads, seq_len = 32, 2, 10
     layer = layers.make_layer("mh-linear-attention", num_heads=heads)
-    x = _x(2, seq_len, dim)
-    params = _init(layer, x)
-    y = np.asarray(_apply(layer, params, x), np.float64)
-    p, xs = _f64(params), np.asarray(x, np.float64)
+    x = random_input((2, seq_len, dim))
+    params = init_params(layer, x)
+    y = np.asarray(apply(layer, params, x), np.float64)
+    p, xs = float64(params), np.asarray(x, np.float64)
 
     def phi(a, fmap):
         l1, l2 = p[fmap]["layer1"], p[fmap]["layer2"]
@@ -271,13 +247,13 @@ def test_linear_attention_matches_reference_quadratic_form():
 def test_gated_linear_attention_matches_recurrent_loop():
     dim, heads, rank, seq_len, eps = 32, 2, 4, 11, 1e-5
     layer = layers.make_layer("mh-gated-linear-attention", num_heads=heads, gate_low_rank_dim=rank)
-    x = _x(2, seq_len, dim)
-    params = _init(layer, x)
+    x = random_input((2, seq_len, dim))
+    params = init_params(layer, x)
     # Non-zero gate bias so the per-channel decays differ visibly.
     gate_bias_shape = params["gk_proj_up"]["bias"].shape
     params["gk_proj_up"]["bias"] = jax.random.normal(jax.random.key(5), gate_bias_shape)
-    y = np.asarray(_apply(layer, params, x), np.float64)
-    p, xs = _f64(params), np.asarray(x, np.float64)
+    y = np.asarray(apply(layer, params, x), np.float64)
+    p, xs = float64(params), np.asarray(x, np.float64)
     dh = dim // heads
     for b in range(2):
         outs = []
@@ -303,9 +279,9 @@ def test_gated_linear_attention_matches_recurrent_loop():
 @pytest.mark.parametrize("name", ["gated-linear-attention", "mh-gated-linear-attention"])
 def test_gla_decay_gates_lie_in_unit_interval(name):
     layer = layers.make_layer(name)
-    x = _x(2, 16, 128)
-    params = _init(layer, x)
-    _, state = _apply(layer, params, x * 3.0, mutable=["intermediates"])
+    x = random_input((2, 16, 128))
+    params = init_params(layer, x)
+    _, state = apply_sown(layer, params, x * 3.0)
     (log_decay,) = state["intermediates"]["log_decay"]
     decay = np.exp(np.asarray(log_decay))
     assert log_decay.shape == (2, 16, layer.num_heads, 128 // layer.num_heads)
@@ -316,9 +292,9 @@ def test_gla_decay_gates_lie_in_unit_interval(name):
 
 def test_gla_clamp_min_bounds_the_log_decay():
     layer = layers.make_layer("gated-linear-attention", clamp_min=-0.01)
-    x = _x(1, 8, 64)
-    params = _init(layer, x)
+    x = random_input((1, 8, 64))
+    params = init_params(layer, x)
     params["gk_proj_up"]["bias"] = params["gk_proj_up"]["bias"] - 20.0  # would decay fast unclamped
-    _, state = _apply(layer, params, x, mutable=["intermediates"])
+    _, state = apply_sown(layer, params, x)
     (log_decay,) = state["intermediates"]["log_decay"]
     np.testing.assert_allclose(np.asarray(log_decay), -0.01, atol=1e-7)

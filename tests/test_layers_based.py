@@ -12,19 +12,12 @@ from mad_jax import layers
 from mad_jax.layers.based import expanded_feature_dim, taylor_feature_map
 from mad_jax.layers.initializers import linear_init_override
 
+from layer_harness import init_params, run_jitted
+
 DIM, HEADS, CHUNK = 32, 2, 16
 
-
-def _run(fn, *args):
-    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
-    return jax.jit(fn)(*args)
-
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def test_taylor_feature_map_inner_product_is_the_degree_two_taylor_polynomial():
@@ -45,7 +38,7 @@ def based():
     """Two heads (value width 16), chunks of 16: the layer and its float32 parameters."""
     layer = layers.make_layer("based", num_heads=HEADS, chunk_size=CHUNK)
     x = jax.random.normal(jax.random.key(0), (2, 8, DIM), jnp.float32)
-    return layer, nn.unbox(_run(layer.init, jax.random.key(1), x)["params"])
+    return layer, init_params(layer, x)
 
 
 def step_by_step_float64(p, x, num_heads, feature_dim):
@@ -82,7 +75,7 @@ def test_chunked_layer_matches_float64_step_by_step(based, seq_len):
     """32 = two whole chunks of 16; 37 ends in a partial chunk."""
     layer, params = based
     x = jax.random.normal(jax.random.key(seq_len), (2, seq_len, DIM), jnp.float32)
-    y = _run(lambda p, x: layer.apply({"params": p}, x), params, x)
+    y = run_jitted(lambda p, x: layer.apply({"params": p}, x), params, x)
     want = step_by_step_float64(params, x, HEADS, layer.feature_dim)
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
 
@@ -91,7 +84,7 @@ def test_bfloat16_forward_is_finite(based):
     layer, params = based
     layer16 = layers.make_layer("based", num_heads=HEADS, chunk_size=CHUNK, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(3), (1, 40, DIM), jnp.float32)
-    y = _run(lambda p, x: layer16.apply({"params": p}, x), params, x)
+    y = run_jitted(lambda p, x: layer16.apply({"params": p}, x), params, x)
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
 
 
@@ -123,6 +116,6 @@ def test_every_parameter_is_a_linear_map_the_autoencoder_redraws():
     layer = layers.make_layer("based")
     x = jnp.zeros((1, 4, DIM), jnp.float32)
     with linear_init_override(nn.initializers.constant(0.5), nn.initializers.zeros):
-        shapes_and_values = nn.unbox(_run(layer.init, jax.random.key(0), x)["params"])
+        shapes_and_values = nn.unbox(run_jitted(layer.init, jax.random.key(0), x)["params"])
     leaves = jax.tree_util.tree_leaves(shapes_and_values)
     assert len(leaves) == 4 and all(np.all(np.asarray(a) == 0.5) for a in leaves)

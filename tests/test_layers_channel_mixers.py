@@ -1,6 +1,5 @@
 """Layer-specific checks of `mlp`, `swiglu`, `moe-mlp` and `moe-mlp-paper`: sizes, math, init,
 routing, aux loss."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,18 +10,7 @@ from mad_jax.layers.accounting import dense_flops
 from mad_jax.layers.moe import load_balancing_loss
 from mad_jax.layers.moe_paper import paper_routing_weights
 
-
-def _init(layer, dim=32, seq_len=5, batch=2, seed=0):
-    x = jax.random.normal(jax.random.key(seed), (batch, seq_len, dim), jnp.float32)
-    params = nn.meta.unbox(layer.init(jax.random.key(seed + 1), x)["params"])
-    return params, x
-
-
-def _count(layer, dim):
-    """Number of parameters, from shapes only (no computation)."""
-    x = jax.ShapeDtypeStruct((1, 4, dim), jnp.float32)
-    shapes = nn.meta.unbox(jax.eval_shape(layer.init, jax.random.key(0), x)["params"])
-    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes))
+from layer_harness import apply_sown, count_layer_params, init_on_input
 
 
 def _gelu_tanh(x):
@@ -38,13 +26,14 @@ def _silu(x):
     (32, 48, False, 2 * 32 * 48),
     (32, 48, True, 2 * 32 * 48 + 48 + 32),
 ])
-def test_mlp_param_count(dim, hidden, use_bias, expected):
-    assert _count(layers.make_layer("mlp", hidden_dim=hidden, use_bias=use_bias), dim) == expected
+def test_mlp_paramcount_layer_params(dim, hidden, use_bias, expected):
+    layer = layers.make_layer("mlp", hidden_dim=hidden, use_bias=use_bias)
+    assert count_layer_params(layer, dim) == expected
 
 
 def test_mlp_matches_formula():
     layer = layers.make_layer("mlp")
-    params, x = _init(layer)
+    params, x = init_on_input(layer, (2, 5, 32))
     y = np.asarray(layer.apply({"params": params}, x))
     x = np.asarray(x, np.float64)
     w1, w2 = (np.asarray(params[n]["kernel"], np.float64) for n in ("fc", "proj"))
@@ -56,12 +45,12 @@ def test_swiglu_inner_width_rounds_up_to_multiple_of_16(dim, inner):
     # int(8 * D / 3) rounded up to a multiple of 16, as the reference's GLU does.
     layer = layers.make_layer("swiglu")
     assert layer.inner_dim(dim) == inner
-    assert _count(layer, dim) == 3 * dim * inner
+    assert count_layer_params(layer, dim) == 3 * dim * inner
 
 
 def test_swiglu_matches_formula():
     layer = layers.make_layer("swiglu", hidden_dim=24)
-    params, x = _init(layer)
+    params, x = init_on_input(layer, (2, 5, 32))
     y = np.asarray(layer.apply({"params": params}, x))
     x = np.asarray(x, np.float64)
     w1, w2, w3 = (np.asarray(params[n]["kernel"], np.float64) for n in ("w1", "w2", "w3"))
@@ -70,7 +59,7 @@ def test_swiglu_matches_formula():
 
 @pytest.mark.parametrize("name,kernel", [("mlp", "fc"), ("mlp", "proj"), ("swiglu", "w3")])
 def test_dense_init_is_pytorch_default(name, kernel):
-    params, _ = _init(layers.make_layer(name), dim=64)
+    params, _ = init_on_input(layers.make_layer(name), (2, 5, 64))
     w = np.asarray(params[kernel]["kernel"])
     bound = 1 / np.sqrt(w.shape[0])
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
@@ -89,21 +78,17 @@ def test_mlp_accounting():
 # ---- moe-mlp ----
 
 @pytest.mark.parametrize("dim,experts,active,width", [(128, 8, 2, 16), (32, 4, 1, 8)])
-def test_moe_param_count(dim, experts, active, width):
+def test_moe_paramcount_layer_params(dim, experts, active, width):
     layer = layers.make_layer("moe-mlp", num_experts=experts, active_experts=active,
                               expert_dim=width)
     # Per expert: up [D, F], gate [D, F], down [F, D]; router [D, E] plus its bias [E].
-    assert _count(layer, dim) == experts * 3 * dim * width + dim * experts + experts
-
-
-def _moe_apply(layer, params, x):
-    return layer.apply({"params": params}, x, mutable=["losses", "intermediates"])
+    assert count_layer_params(layer, dim) == experts * 3 * dim * width + dim * experts + experts
 
 
 def test_moe_routes_each_token_to_exactly_k_experts():
     layer = layers.make_layer("moe-mlp")
-    params, x = _init(layer, dim=128, seq_len=8)
-    _, state = _moe_apply(layer, params, x)
+    params, x = init_on_input(layer, (2, 8, 128))
+    _, state = apply_sown(layer, params, x)
     (weights,) = state["intermediates"]["routing_weights"]
     weights = np.asarray(weights)
     assert weights.shape == (2, 8, 8)
@@ -125,8 +110,8 @@ def test_moe_routes_each_token_to_exactly_k_experts():
 
 def test_moe_output_is_sparse_mixture_of_gated_experts():
     layer = layers.make_layer("moe-mlp", num_experts=4, active_experts=2, expert_dim=8)
-    params, x = _init(layer, dim=32, seq_len=6)
-    y, state = _moe_apply(layer, params, x)
+    params, x = init_on_input(layer, (2, 6, 32))
+    y, state = apply_sown(layer, params, x)
     (weights,) = state["intermediates"]["routing_weights"]
     x64 = np.asarray(x, np.float64)
     weights = np.asarray(weights, np.float64)
@@ -161,8 +146,8 @@ def test_load_balancing_loss_is_one_when_balanced():
 
 def test_moe_sows_scaled_aux_loss():
     layer = layers.make_layer("moe-mlp", aux_loss_coef=0.5)
-    params, x = _init(layer, dim=128, seq_len=8)
-    _, state = _moe_apply(layer, params, x)
+    params, x = init_on_input(layer, (2, 8, 128))
+    _, state = apply_sown(layer, params, x)
     (aux,) = state["losses"]["aux_loss"]
     logits = jnp.einsum("bld,de->ble", x, params["router_kernel"]) + params["router_bias"]
     probs = jax.nn.softmax(logits).reshape(-1, 8)
@@ -172,7 +157,7 @@ def test_moe_sows_scaled_aux_loss():
 
     # The aux loss trains the router.
     def aux_of(p):
-        return _moe_apply(layer, p, x)[1]["losses"]["aux_loss"][0]
+        return apply_sown(layer, p, x)[1]["losses"]["aux_loss"][0]
 
     g = jax.grad(aux_of)(params)
     assert np.any(np.asarray(g["router_kernel"]) != 0)
@@ -189,7 +174,7 @@ def test_moe_flops_count_only_active_experts():
 
 
 def test_moe_expert_init_uses_per_expert_fan_in():
-    params, _ = _init(layers.make_layer("moe-mlp"), dim=128)
+    params, _ = init_on_input(layers.make_layer("moe-mlp"), (2, 5, 128))
     assert np.abs(np.asarray(params["w_up"])).max() <= 1 / np.sqrt(128)
     down = np.abs(np.asarray(params["w_down"])).max()
     assert 0.9 / np.sqrt(16) < down <= 1 / np.sqrt(16)
@@ -208,10 +193,10 @@ def _paper_moe_params(dim, experts, width, use_bias=False):
 
 @pytest.mark.parametrize("dim,experts,active,width,use_bias", [(128, 8, 2, 16, False),
                                                                (32, 4, 1, 8, True)])
-def test_moe_paper_param_count(dim, experts, active, width, use_bias):
+def test_moe_paper_paramcount_layer_params(dim, experts, active, width, use_bias):
     layer = layers.make_layer("moe-mlp-paper", num_experts=experts, active_experts=active,
                               expert_dim=width, use_bias=use_bias)
-    assert _count(layer, dim) == _paper_moe_params(dim, experts, width, use_bias)
+    assert count_layer_params(layer, dim) == _paper_moe_params(dim, experts, width, use_bias)
 
 
 def test_paper_routing_zeroes_non_top_k_logits_before_the_softmax():
@@ -227,9 +212,9 @@ def test_paper_routing_zeroes_non_top_k_logits_before_the_softmax():
 def test_moe_paper_matches_formula_and_sows_no_loss():
     layer = layers.make_layer("moe-mlp-paper", num_experts=4, active_experts=2, expert_dim=8,
                               use_bias=True)
-    params, x = _init(layer, dim=32, seq_len=6)
+    params, x = init_on_input(layer, (2, 6, 32))
     params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # non-zero biases
-    y, state = _moe_apply(layer, params, x)
+    y, state = apply_sown(layer, params, x)
     assert "losses" not in state
     x64 = np.asarray(x, np.float64)
     w = {n: {k: np.asarray(v, np.float64) for k, v in params[n].items()}
@@ -248,7 +233,7 @@ def test_moe_paper_matches_formula_and_sows_no_loss():
 
 def test_moe_paper_init_and_unread_gates():
     layer = layers.make_layer("moe-mlp-paper")
-    params, x = _init(layer, dim=128)
+    params, x = init_on_input(layer, (2, 5, 128))
     down = np.abs(np.asarray(params["w_down"]["kernel"]))
     assert 0.9 / np.sqrt(128) < down.max() <= 1 / np.sqrt(128)  # fan-in E F = 128
     np.testing.assert_array_equal(np.asarray(params["router"]["bias"]), 0.0)
@@ -269,7 +254,7 @@ def test_moe_paper_flops_count_the_dense_computation():
 
 def test_moe_paper_bfloat16_compute_keeps_routing_in_float32():
     layer = layers.make_layer("moe-mlp-paper", dtype=jnp.bfloat16)
-    params, x = _init(layer, dim=128, seq_len=4)
-    y, state = _moe_apply(layer, params, x)
+    params, x = init_on_input(layer, (2, 4, 128))
+    y, state = apply_sown(layer, params, x)
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
     assert state["intermediates"]["routing_weights"][0].dtype == jnp.float32

@@ -11,6 +11,8 @@ import pytest
 from mad_jax import layers, models
 from mad_jax.layers.accounting import dense_flops
 
+from layer_harness import apply_sown, count_layer_params, float64, init_on_input
+
 F64 = np.float64
 DIM, SEQ_LEN, CHUNK = 32, 20, 8  # 20 steps in chunks of 8: two whole chunks and a padded one
 
@@ -60,16 +62,14 @@ def _layer(name):
     """The registered layer (chunk 8) at width 32, its params and input, built once per module.
     Callers must not modify the returned params."""
     layer = layers.make_layer(name, chunk_size=CHUNK)
-    x = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, DIM), jnp.float32)
-    params = nn.meta.unbox(jax.jit(layer.init)(jax.random.key(1), x)["params"])
-    return layer, params, x, jax.jit(lambda p, x: layer.apply({"params": p}, x,
-                                                              mutable=["intermediates"]))
+    params, x = init_on_input(layer, (2, SEQ_LEN, DIM))
+    return layer, params, x, functools.partial(apply_sown, layer)
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated-deltanet"])
 def test_layer_matches_float64_token_loop(name):
     layer, params, x, apply = _layer(name)
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, F64), params)
+    p = float64(params)
     # A trained-looking gate and norm: decays from about exp(-3) to 1 that differ by token.
     if layer.gated:
         p["a_proj"]["kernel"] = 3.0 * p["a_proj"]["kernel"]
@@ -95,12 +95,6 @@ def test_gated_init_and_registered_defaults():
     assert "A_log" not in _layer("deltanet")[1] and "g_proj" not in _layer("deltanet")[1]
 
 
-def _count(layer, dim):
-    x = jax.ShapeDtypeStruct((1, 4, dim), jnp.float32)
-    shapes = nn.meta.unbox(jax.eval_shape(layer.init, jax.random.key(0), x)["params"])
-    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes))
-
-
 @pytest.mark.parametrize("gated", [False, True])
 def test_param_count_state_and_flops_formulas(gated):
     D, L, H, K, V, Kc = 128, 1024, 8, 16, 16, 4
@@ -111,7 +105,7 @@ def test_param_count_state_and_flops_formulas(gated):
     params = D * (2 * ck + cv) + D * H + Kc * (2 * ck + cv) + cv * D + V
     if gated:
         params += D * H + D * cv + 2 * H
-    assert _count(layer, D) == params
+    assert count_layer_params(layer, D) == params
     assert layer.state_size(dim=D, seq_len=L) == H * K * V + (Kc - 1) * (2 * ck + cv) == 3200
     flops = (dense_flops(L, D, 2 * ck + cv) + dense_flops(L, D, H) + 2 * Kc * L * (2 * ck + cv)
              + L * (2 * ck + cv) + 6 * L * ck + L * ck + L * H

@@ -3,7 +3,6 @@
 Oracles are numpy transcriptions of the math of athms/mad-lab (`hyena_filter.py`, `fftconv.py`)
 evaluated on our parameters, so the layers are checked against the reference's computation.
 """
-import functools
 import math
 
 import flax.linen as nn
@@ -17,36 +16,17 @@ from mad_jax.layers.hyena import Hyena, MultiHeadHyena
 from mad_jax.layers.hyena_experts import HyenaExperts, load_balancing_loss, top_k_gates
 from mad_jax.layers.hyena_filter import ImplicitFilter, implicit_filter_params
 from mad_jax.layers.short_conv import ShortConv, causal_depthwise_conv
+from mad_jax.models import count_params
 
+from layer_harness import apply_sown, init_params, random_input
 
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _x(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-
-
-def _init(layer, x, seed=1):
-    return nn.unbox(jax.jit(layer.init)(jax.random.key(seed), x)["params"])
-
-
-def _count(params):
-    return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(layer, params, x):
-    return layer.apply({"params": params}, x, capture_intermediates=True,
-                       mutable=["intermediates", "losses"])
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def _run(layer, params, x):
     """Output, intermediates (module outputs) and sown losses."""
-    y, state = _apply(layer, params, x)
+    y, state = apply_sown(layer, params, x)
     return np.asarray(y), state["intermediates"], state.get("losses", {})
 
 
@@ -139,15 +119,15 @@ def naive_short_conv(x, w, b):
 @pytest.mark.parametrize("seq_len,kernel_size", [(1, 3), (2, 4), (7, 3), (16, 4)])
 def test_short_conv_matches_naive_loop_and_is_causal(seq_len, kernel_size):
     conv = ShortConv(kernel_size)
-    x = _x((2, seq_len, 6))
-    p = _init(conv, x)
+    x = random_input((2, seq_len, 6))
+    p = init_params(conv, x)
     assert p["kernel"].shape == (kernel_size, 6) and p["bias"].shape == (6,)
     bound = 1 / math.sqrt(kernel_size)
     assert np.all(np.abs(p["kernel"]) <= bound) and np.all(np.abs(p["bias"]) <= bound)
     y = _run(conv, p, x)[0]
     want = naive_short_conv(np.asarray(x), np.asarray(p["kernel"]), np.asarray(p["bias"]))
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
-    noise = np.asarray(_x(x.shape, seed=9))
+    noise = np.asarray(random_input(x.shape, seed=9))
     for t in range(seq_len - 1):
         x2 = np.where(np.arange(seq_len)[None, :, None] > t, noise, np.asarray(x))
         np.testing.assert_array_equal(_run(conv, p, x2)[0][:, :t + 1], y[:, :t + 1])
@@ -179,12 +159,12 @@ def test_implicit_filter_shape_any_length(seq_len):
 def test_implicit_filter_params_and_matches_reference():
     filt = ImplicitFilter(40, max_length=32, ffn_width=6, emb_dim=5)
     p = nn.unbox(filt.init(jax.random.key(3), 32)["params"])
-    assert (_count(p) == implicit_filter_params(40, 6, max_length=32, emb_dim=5)
+    assert (count_params(p) == implicit_filter_params(40, 6, max_length=32, emb_dim=5)
             == 32 * 5 + 6 + 6 * 6 + 2 * 7 * 6 + 6 * 40)
     # z starts as the reference's PositionalEmbedding at horizon max_length.
     np.testing.assert_allclose(np.asarray(p["z"]), ref_positional_features(32, 5)[0], atol=1e-6)
     # z is a trained parameter: the filter follows it (oracle on perturbed z, shorter call).
-    p = {**p, "z": p["z"] + 0.3 * _x(p["z"].shape, seed=4)}
+    p = {**p, "z": p["z"] + 0.3 * random_input(p["z"].shape, seed=4)}
     np.testing.assert_allclose(np.asarray(filt.apply({"params": p}, 20)),
                                ref_filter(p, 20, 40), rtol=1e-4, atol=1e-6)
 
@@ -235,10 +215,10 @@ def hyena_params(dim, max_length, order=2, inner_factor=4, groups=4, k=3, width=
                                                     "proj_groups": 1, "filter_order": 8}, 32)])
 def test_hyena_param_count(config, dim):
     layer = layers.make_layer("hyena", max_length=24, **config)
-    p = _init(layer, _x((1, 8, dim)))
+    p = init_params(layer, random_input((1, 8, dim)))
     kw = {"order": config.get("order", 2), "inner_factor": config.get("inner_factor", 4),
           "groups": config.get("proj_groups", 4), "width": config.get("filter_order", 4)}
-    assert _count(p) == hyena_params(dim, 24, **kw)
+    assert count_params(p) == hyena_params(dim, 24, **kw)
     assert p["filter"]["z"].shape == (24, 3)
 
 
@@ -254,9 +234,10 @@ def test_hyena_default_config_and_state_size():
 
 def test_hyena_matches_reference_operator():
     layer = layers.make_layer("hyena", kernel_impl="xla", max_length=16)
-    x = _x((2, 12, 128))
-    p = _init(layer, x)
-    p = {**p, "filter": {**p["filter"], "z": p["filter"]["z"] + 0.2 * _x((16, 3), seed=6)}}
+    x = random_input((2, 12, 128))
+    p = init_params(layer, x)
+    z = p["filter"]["z"] + 0.2 * random_input((16, 3), seed=6)
+    p = {**p, "filter": {**p["filter"], "z": z}}
     y, inter, _ = _run(layer, p, x)
     uc = ref_in_short(p, x, groups=4)
     np.testing.assert_allclose(np.asarray(inter["short_filter"]["__call__"][0]), uc,
@@ -273,26 +254,26 @@ def test_hyena_matches_reference_operator():
 @pytest.mark.parametrize("seq_len", [1, 7])
 def test_short_and_odd_lengths_are_causal(name, seq_len):
     layer = layers.make_layer(name, kernel_impl="xla")
-    x = _x((2, seq_len, 32))
-    p = _init(layer, x)
+    x = random_input((2, seq_len, 32))
+    p = init_params(layer, x)
     y, _, _ = _run(layer, p, x)
     assert y.shape == x.shape and np.all(np.isfinite(y))
     if seq_len > 1:
-        x2 = x.at[:, 4:].set(_x(x[:, 4:].shape, seed=5))
+        x2 = x.at[:, 4:].set(random_input(x[:, 4:].shape, seed=5))
         np.testing.assert_allclose(_run(layer, p, x2)[0][:, :4], y[:, :4], rtol=1e-5, atol=1e-5)
 
 
 def test_hyena_bfloat16_compute():
     layer = layers.make_layer("hyena", dtype=jnp.bfloat16)
-    x = _x((1, 8, 32))
-    p = _init(layer, x)
+    x = random_input((1, 8, 32))
+    p = init_params(layer, x)
     y = jax.jit(layer.apply)({"params": p}, x)
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
 
 
 def test_hyena_rejects_bad_groups():
     with pytest.raises(ValueError, match="proj_groups"):
-        layers.make_layer("hyena", proj_groups=5).init(jax.random.key(0), _x((1, 4, 8)))
+        layers.make_layer("hyena", proj_groups=5).init(jax.random.key(0), random_input((1, 4, 8)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,10 +292,10 @@ def mh_hyena_params(dim, max_length, heads=16, inner_factor=1, groups=4, k=3, wi
                                                     "proj_groups": 1, "filter_order": 8}, 32)])
 def test_mh_hyena_param_count(config, dim):
     layer = layers.make_layer("mh-hyena", **config)
-    p = _init(layer, _x((1, 8, dim)))
+    p = init_params(layer, random_input((1, 8, dim)))
     kw = {"heads": config.get("num_heads", 16), "inner_factor": config.get("inner_factor", 1),
           "groups": config.get("proj_groups", 4), "width": config.get("filter_order", 2)}
-    assert _count(p) == mh_hyena_params(dim, 8, **kw)
+    assert count_params(p) == mh_hyena_params(dim, 8, **kw)
 
 
 def test_mh_hyena_default_config_and_state_size():
@@ -328,8 +309,8 @@ def test_mh_hyena_default_config_and_state_size():
 def test_mh_hyena_matches_reference_fftconv_heads(num_heads):
     """Our heads of width d = I / H are the reference's fftconv_heads groups with head_dim = d."""
     layer = layers.make_layer("mh-hyena", num_heads=num_heads, kernel_impl="xla", max_length=13)
-    x = _x((2, 10, 128))
-    p = _init(layer, x)
+    x = random_input((2, 10, 128))
+    p = init_params(layer, x)
     y, inter, _ = _run(layer, p, x)
     uc = ref_in_short(p, x, groups=4).transpose(0, 2, 1)
     h = ref_filter(p["filter"], 10, num_heads)
@@ -357,10 +338,10 @@ def experts_params(dim, max_length, experts=8, width=16, order=2, k=3, fw=16, em
                                                     "expert_width": 8, "filter_order": 4}, 32)])
 def test_hyena_experts_param_count(config, dim):
     layer = layers.make_layer("hyena-experts", max_length=20, **config)
-    p = _init(layer, _x((1, 8, dim)))
+    p = init_params(layer, random_input((1, 8, dim)))
     kw = {"experts": config.get("num_experts", 8), "width": config.get("expert_width", 16),
           "fw": config.get("filter_order", 16)}
-    assert _count(p) == experts_params(dim, 20, **kw)
+    assert count_params(p) == experts_params(dim, 20, **kw)
 
 
 def test_hyena_experts_state_size():
@@ -370,7 +351,7 @@ def test_hyena_experts_state_size():
 
 
 def test_top_k_gates():
-    logits = _x((2, 5, 8), seed=3)
+    logits = random_input((2, 5, 8), seed=3)
     gates, idx = top_k_gates(logits, 2)
     gates = np.asarray(gates)
     assert np.all((gates > 0).sum(-1) == 2)
@@ -384,8 +365,8 @@ def test_top_k_gates():
 
 def test_hyena_experts_uses_exactly_top2_experts_per_token():
     layer = layers.make_layer("hyena-experts", kernel_impl="xla")
-    x = _x((2, 16, 128))
-    p = _init(layer, x)
+    x = random_input((2, 16, 128))
+    p = init_params(layer, x)
     y, inter, _ = _run(layer, p, x)
     logits = np.asarray(inter["router"]["__call__"][0])
     top2 = np.argsort(-logits, axis=-1)[..., :2]
@@ -405,8 +386,8 @@ def test_hyena_experts_uses_exactly_top2_experts_per_token():
 
 def test_hyena_experts_sows_positive_aux_loss():
     layer = layers.make_layer("hyena-experts", kernel_impl="xla")
-    x = _x((2, 16, 128))
-    p = _init(layer, x)
+    x = random_input((2, 16, 128))
+    p = init_params(layer, x)
     _, inter, losses = _run(layer, p, x)
     (aux,) = losses["aux_loss"]
     assert aux.shape == () and float(aux) > 0
@@ -433,9 +414,9 @@ def ref_paper_routing(logits, k):
 
 def test_hyena_experts_paper_routing_matches_reference_operator():
     layer = layers.make_layer("hyena-experts", routing="paper", kernel_impl="xla", max_length=12)
-    x = _x((2, 12, 128))
-    p = _init(layer, x)
-    p = {**p, "router": {**p["router"], "bias": 0.3 * _x((8,), seed=2)}}
+    x = random_input((2, 12, 128))
+    p = init_params(layer, x)
+    p = {**p, "router": {**p["router"], "bias": 0.3 * random_input((8,), seed=2)}}
     y, inter, losses = _run(layer, p, x)
     assert not losses  # the reference has no balancing loss
     logits = np.asarray(x, np.float64) @ p["router"]["kernel"] + p["router"]["bias"]
@@ -452,13 +433,13 @@ def test_hyena_experts_paper_routing_matches_reference_operator():
 def test_hyena_experts_rejects_unknown_routing():
     with pytest.raises(ValueError, match="unknown routing 'softmax'"):
         layers.make_layer("hyena-experts", routing="softmax").init(jax.random.key(0),
-                                                                   _x((1, 4, 32)))
+                                                                   random_input((1, 4, 32)))
 
 
 def test_hyena_experts_gradient_reaches_router():
     layer = layers.make_layer("hyena-experts", kernel_impl="xla")
-    x = _x((1, 8, 32))
-    p = _init(layer, x)
+    x = random_input((1, 8, 32))
+    p = init_params(layer, x)
 
     def loss(p):
         y, state = layer.apply({"params": p}, x, mutable=["losses"])

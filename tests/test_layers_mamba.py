@@ -1,9 +1,7 @@
 """Mamba: parameter count, state size, the dt / A / D initialisation, and the block against a
 token-by-token numpy transcription of the reference's decoding `step`."""
-import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,30 +9,12 @@ import pytest
 
 from mad_jax import layers
 from mad_jax.layers.mamba import Mamba
+from mad_jax.models import count_params
 
+from layer_harness import apply, init_params, random_input
 
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _x(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-
-
-def _init(layer, x, seed=1):
-    return nn.unbox(jax.jit(layer.init)(jax.random.key(seed), x)["params"])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(layer, params, x):
-    return layer.apply({"params": params}, x)
-
-
-def _count(params):
-    return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def mamba_params(dim, d_state=4, d_conv=4, expand=2):
@@ -51,10 +31,10 @@ def mamba_params(dim, d_state=4, d_conv=4, expand=2):
 @pytest.mark.parametrize("config,dim", [({}, 128), ({"d_state": 8, "d_conv": 3, "expand": 1}, 40)])
 def test_param_count(config, dim):
     layer = layers.make_layer("mamba", **config)
-    p = _init(layer, _x((1, 8, dim)))
-    assert _count(p) == mamba_params(dim, **config)
+    p = init_params(layer, random_input((1, 8, dim)))
+    assert count_params(p) == mamba_params(dim, **config)
     if not config:
-        assert _count(p) == 107_264
+        assert count_params(p) == 107_264
 
 
 def test_default_config_and_state_size():
@@ -69,7 +49,7 @@ def test_default_config_and_state_size():
 
 def test_dt_init_in_range_and_log_uniform():
     layer = layers.make_layer("mamba")
-    p = _init(layer, _x((1, 4, 128)))
+    p = init_params(layer, random_input((1, 4, 128)))
     dt = np.asarray(jax.nn.softplus(p["dt_proj"]["bias"]))
     assert dt.shape == (256,)
     assert np.all(dt >= 1e-3 * (1 - 1e-5)) and np.all(dt <= 1e-1 * (1 + 1e-5))
@@ -82,7 +62,7 @@ def test_dt_init_in_range_and_log_uniform():
 
 def test_a_and_d_init():
     layer = layers.make_layer("mamba")
-    p = _init(layer, _x((1, 4, 128)))
+    p = init_params(layer, random_input((1, 4, 128)))
     a = -np.exp(np.asarray(p["A_log"]))
     np.testing.assert_allclose(a, -np.tile(np.arange(1, 5, dtype=np.float32), (256, 1)),
                                rtol=1e-6)
@@ -121,27 +101,27 @@ def reference_step_loop(p, u, d_state, rank):
 @pytest.mark.parametrize("seq_len", [1, 7, 16])
 def test_matches_reference_recurrent_step(seq_len):
     layer = layers.make_layer("mamba", kernel_impl="xla")
-    x = _x((2, seq_len, 32))
-    p = _init(layer, x)
+    x = random_input((2, seq_len, 32))
+    p = init_params(layer, x)
     # Make the dynamics visible: larger dt and non-trivial A.
     p = {**p, "dt_proj": {**p["dt_proj"], "bias": p["dt_proj"]["bias"] + 3.0},
-         "A_log": p["A_log"] + 0.1 * _x(p["A_log"].shape, seed=4)}
-    y = np.asarray(_apply(layer, p, x))
+         "A_log": p["A_log"] + 0.1 * random_input(p["A_log"].shape, seed=4)}
+    y = np.asarray(apply(layer, p, x))
     want = reference_step_loop(p, np.asarray(x), layer.d_state, layer.sizes(32)[1])
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
 
 
 def test_causal_and_bfloat16():
     layer = layers.make_layer("mamba", dtype=jnp.bfloat16)
-    x = _x((1, 9, 32))
-    p = _init(layer, x)
-    y = _apply(layer, p, x)
+    x = random_input((1, 9, 32))
+    p = init_params(layer, x)
+    y = apply(layer, p, x)
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
     layer32 = layers.make_layer("mamba")
-    y = np.asarray(_apply(layer32, p, x))
+    y = np.asarray(apply(layer32, p, x))
     x2 = np.asarray(x).copy()
-    x2[:, 5:] = np.asarray(_x((1, 4, 32), seed=3))
-    np.testing.assert_allclose(np.asarray(_apply(layer32, p, x2))[:, :5], y[:, :5], rtol=1e-6)
+    x2[:, 5:] = np.asarray(random_input((1, 4, 32), seed=3))
+    np.testing.assert_allclose(np.asarray(apply(layer32, p, x2))[:, :5], y[:, :5], rtol=1e-6)
 
 
 def test_flops_grow_with_length():

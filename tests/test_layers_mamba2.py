@@ -8,23 +8,13 @@ import pytest
 
 from mad_jax import layers, models
 
+from layer_harness import random_input, run_jitted
+
 CONFIG = {"headdim": 8, "n_groups": 2, "chunk_size": 8}  # width 32: 8 heads in 2 groups
 DIM = 32
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _x(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-
-
-def _count(params):
-    return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def mamba2_params(dim, d_state=4, d_conv=4, expand=2, headdim=16, n_groups=1):
@@ -43,10 +33,10 @@ def test_param_count_state_and_flops_formulas():
     assert (layer.d_state, layer.d_conv, layer.expand, layer.headdim, layer.n_groups) == \
         (4, 4, 2, 16, 1)
     shapes = jax.eval_shape(layer.init, jax.random.key(0), jnp.zeros((1, 8, 128)))["params"]
-    assert _count(shapes) == mamba2_params(128) == 103_000
+    assert models.count_params(shapes) == mamba2_params(128) == 103_000
     small = layers.make_layer("mamba2", **CONFIG)
     shapes = jax.eval_shape(small.init, jax.random.key(0), jnp.zeros((1, 8, DIM)))["params"]
-    assert _count(shapes) == mamba2_params(DIM, headdim=8, n_groups=2)
+    assert models.count_params(shapes) == mamba2_params(DIM, headdim=8, n_groups=2)
 
     # I*N SSM state + (d_conv - 1) * (I + 2GN) conv tail, whatever the length.
     assert layer.state_size(128, 10) == layer.state_size(128, 1024) == 256 * 4 + 3 * (256 + 8)
@@ -65,11 +55,6 @@ def test_param_count_state_and_flops_formulas():
 
 
 
-def _run_once(fn, *args):
-    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
-    return jax.jit(fn)(*args)
-
-
 @pytest.fixture(scope="module")
 def backbone_params():
     """The mixer's parameters in [mamba2, swiglu] under both backbones (dim 64: 8 heads), from
@@ -81,7 +66,7 @@ def backbone_params():
     def program(tokens):
         return [nn.unbox(m.init(jax.random.key(1), tokens)["params"]) for m in built]
 
-    params = _run_once(program, jnp.zeros((2, 32), jnp.int32))
+    params = run_jitted(program, jnp.zeros((2, 32), jnp.int32))
     return {b: p["encoder"]["block_0"]["mixer"] for b, p in zip(backbones, params)}
 
 
@@ -149,7 +134,7 @@ def small_layer_outputs():
     """One program: init, the float32 forward at each length, and a bf16 forward."""
     layer = layers.make_layer("mamba2", **CONFIG)
     layer16 = layers.make_layer("mamba2", dtype=jnp.bfloat16, **CONFIG)
-    xs = [_x((2, n, DIM), seed=n) for n in LENGTHS]
+    xs = [random_input((2, n, DIM), seed=n) for n in LENGTHS]
 
     def program(xs):
         params = nn.unbox(layer.init(jax.random.key(1), xs[0])["params"])
@@ -158,7 +143,7 @@ def small_layer_outputs():
         ys = [layer.apply({"params": params}, x) for x in xs]
         return params, ys, layer16.apply({"params": params}, xs[1])
 
-    params, ys, y16 = _run_once(program, xs)
+    params, ys, y16 = run_jitted(program, xs)
     return params, dict(zip(LENGTHS, zip(xs, ys))), y16
 
 

@@ -13,25 +13,14 @@ import pytest
 from mad_jax import layers, models
 from mad_jax.layers.mlstm import mlstm_chunked, mlstm_recurrent
 
+from layer_harness import random_input, run_jitted
+
 CONFIG = {"num_heads": 4, "chunk_size": 8}  # width 32: inner 64, 4 heads of 16
 DIM = 32
 LENGTHS = (16, 21)  # 2 chunks of 8; 2 chunks and a partial one
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _run_once(fn, *args):
-    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
-    return jax.jit(fn)(*args)
-
-
-def _x(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 def _log_sigmoid(a):
@@ -102,7 +91,7 @@ def cell_outputs():
                  for fn in (functools.partial(mlstm_chunked, chunk_size=8), mlstm_recurrent)]
         return outputs, grads
 
-    outputs, grads = _run_once(program, cases)
+    outputs, grads = run_jitted(program, cases)
     return cases, outputs, grads
 
 
@@ -198,7 +187,7 @@ def block_outputs():
     constant), the float32 forward at each length, and a bf16 forward."""
     layer = layers.make_layer("mlstm", **CONFIG)
     layer16 = layers.make_layer("mlstm", dtype=jnp.bfloat16, **CONFIG)
-    xs = [_x((2, n, DIM), seed=n) for n in LENGTHS]
+    xs = [random_input((2, n, DIM), seed=n) for n in LENGTHS]
 
     def program(xs):
         params = nn.unbox(layer.init(jax.random.key(1), xs[0])["params"])
@@ -210,7 +199,7 @@ def block_outputs():
         ys = [layer.apply({"params": params}, x) for x in xs]
         return params, ys, layer16.apply({"params": params}, xs[1])
 
-    params, ys, y16 = _run_once(program, xs)
+    params, ys, y16 = run_jitted(program, xs)
     return params, dict(zip(LENGTHS, zip(xs, ys))), y16
 
 
@@ -285,7 +274,7 @@ def backbone_params():
     def program(tokens):
         return [nn.unbox(m.init(jax.random.key(1), tokens)["params"]) for m in built]
 
-    params = _run_once(program, jnp.zeros((2, 32), jnp.int32))
+    params = run_jitted(program, jnp.zeros((2, 32), jnp.int32))
     return {b: p["encoder"]["block_0"]["mixer"] for b, p in zip(backbones, params)}
 
 

@@ -13,19 +13,12 @@ from mad_jax import layers, models
 from mad_jax.layers.initializers import linear_init_override
 from mad_jax.layers.rglru import sqrt_bounded_gradient
 
+from layer_harness import float64, init_params, run_jitted
+
 DIM = 32  # R = 3.5 * 32 = 112 = 16 heads of 7
 
-
-def _run(fn, *args):
-    """fn compiled for args and run (tests/conftest.py sets the fast-compile flags)."""
-    return jax.jit(fn)(*args)
-
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+# Oracle comparisons need true float32 matmuls (GPUs default to TF32 for float32).
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +27,7 @@ def block():
     every gate and decay matters; one jitted apply shared by the tests."""
     layer = layers.make_layer("rg-lru")
     x = jax.random.normal(jax.random.key(0), (2, 8, DIM), jnp.float32)
-    params = nn.unbox(_run(layer.init, jax.random.key(1), x)["params"])
+    params = init_params(layer, x)
     rng = np.random.default_rng(2)
     for gate in ("recurrence_gate", "input_gate"):
         bias = params[gate]["bias"]
@@ -42,16 +35,12 @@ def block():
                                                             jnp.float32)}
     params["Lambda"] = params["Lambda"] - 4.0 * jnp.asarray(
         rng.uniform(0, 1, params["Lambda"].shape), jnp.float32)
-    return layer, params, lambda p, x: _run(lambda p, x: layer.apply({"params": p}, x), p, x)
-
-
-def _np64(tree):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+    return layer, params, lambda p, x: run_jitted(lambda p, x: layer.apply({"params": p}, x), p, x)
 
 
 def step_by_step_float64(p, x, c=8.0):
     """The recurrent block token by token in float64 (the module docstring's equations)."""
-    p = _np64(p)
+    p = float64(p)
     sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     gelu = lambda z: 0.5 * z * (  # noqa: E731  (flax's nn.gelu: the tanh approximation)
         1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
@@ -96,7 +85,7 @@ def test_bfloat16_forward_is_finite(block):
     _, params, _ = block
     layer16 = layers.make_layer("rg-lru", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(3), (1, 24, DIM), jnp.float32)
-    y = _run(lambda p, x: layer16.apply({"params": p}, x), params, x)
+    y = run_jitted(lambda p, x: layer16.apply({"params": p}, x), params, x)
     assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
 
 
@@ -138,7 +127,7 @@ def _rglru_params(backbone):
     model = models.build(["rg-lru", "swiglu"], vocab_size=16, max_length=32, dim=DIM,
                          backbone=backbone)
     tokens = jnp.zeros((1, 32), jnp.int32)
-    params = nn.unbox(_run(model.init, jax.random.key(0), tokens)["params"])
+    params = init_params(model, tokens, seed=0)
     return params["encoder"]["block_0"]["mixer"]
 
 
@@ -168,7 +157,7 @@ def test_linear_init_override_leaves_recurrence_parameters_alone():
     layer = layers.make_layer("rg-lru")
     x = jnp.zeros((1, 4, DIM), jnp.float32)
     with linear_init_override(nn.initializers.constant(0.5), nn.initializers.constant(0.25)):
-        params = nn.unbox(_run(layer.init, jax.random.key(0), x)["params"])
+        params = nn.unbox(run_jitted(layer.init, jax.random.key(0), x)["params"])
     for name in ("gate_proj", "in_proj", "out_proj"):
         np.testing.assert_array_equal(np.asarray(params[name]["kernel"]), 0.5)
     for gate in ("recurrence_gate", "input_gate"):

@@ -1,7 +1,6 @@
 """Layer-specific checks of the RWKV-5/6 time mixers and the RWKV channel mixers."""
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +10,9 @@ from mad_jax import layers
 from mad_jax.layers.accounting import dense_flops
 from mad_jax.layers.rwkv import token_shift
 
+from layer_harness import apply, apply_sown, count_layer_params, float64, init_on_input
+
 F64 = np.float64
-
-
-def _init(layer, dim=32, seq_len=7, batch=2, seed=0):
-    x = jax.random.normal(jax.random.key(seed), (batch, seq_len, dim), jnp.float32)
-    params = nn.meta.unbox(layer.init(jax.random.key(seed + 1), x)["params"])
-    return params, x
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,30 +20,15 @@ def _time_mixer(name):
     """A time mixer at its defaults (head size 16), width 64 (4 heads), L = 9: built once per module
     so that the tests share its compiled ops. Callers must not modify the returned params."""
     layer = layers.make_layer(name)
-    return (layer, *_init(layer, dim=64, seq_len=9))
-
-
-def _count(layer, dim):
-    """Number of parameters, from shapes only (no computation)."""
-    x = jax.ShapeDtypeStruct((1, 4, dim), jnp.float32)
-    shapes = nn.meta.unbox(jax.eval_shape(layer.init, jax.random.key(0), x)["params"])
-    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes))
-
-
-def _np(tree):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, F64), tree)
+    return (layer, *init_on_input(layer, (2, 9, 64)))
 
 
 def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def _apply(layer, params, x):
-    return np.asarray(layer.apply({"params": params}, x))
-
-
 def _apply_with_decay(layer, params, x):
-    y, state = layer.apply({"params": params}, x, mutable=["intermediates"])
+    y, state = apply_sown(layer, params, x)
     (log_decay,) = state["intermediates"]["log_decay"]
     return np.asarray(y), np.asarray(log_decay)
 
@@ -66,20 +46,20 @@ def test_token_shift_shifts_by_one_with_zero_start():
 @pytest.mark.parametrize("name", ["rwkv5-channel-mixer", "rwkv6-channel-mixer"])
 def test_channel_mixer_reads_only_current_and_previous_token(name):
     layer = layers.make_layer(name)
-    params, x = _init(layer, seq_len=8)
-    y = _apply(layer, params, x)
+    params, x = init_on_input(layer, (2, 8, 32))
+    y = np.asarray(apply(layer, params, x))
     t = 5
     for s, changes in ((t - 2, False), (t - 1, True), (t, True)):
-        y2 = _apply(layer, params, x.at[:, s].add(1.0))
+        y2 = np.asarray(apply(layer, params, x.at[:, s].add(1.0)))
         assert np.allclose(y2[:, t], y[:, t], atol=1e-6) != changes, (s, changes)
 
 
 @pytest.mark.parametrize("name", ["rwkv5-channel-mixer", "rwkv6-channel-mixer"])
 def test_channel_mixer_matches_formula(name):
     layer = layers.make_layer(name, hidden_dim=40)
-    params, x = _init(layer)
-    y = _apply(layer, params, x)
-    p = _np(params)
+    params, x = init_on_input(layer, (2, 7, 32))
+    y = np.asarray(apply(layer, params, x))
+    p = float64(params)
     x = np.asarray(x, F64)
     prev = np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)  # zero before the start
     xk = x * p["mix_k"] + prev * (1 - p["mix_k"])
@@ -97,7 +77,7 @@ def test_channel_mixer_param_count_and_accounting(dim, hidden, expected_hidden):
     layer = layers.make_layer("rwkv6-channel-mixer", hidden_dim=hidden)
     f = expected_hidden
     # mix_k, mix_r [D]; key [D, F]; value [F, D]; receptance [D, D].
-    assert _count(layer, dim) == 2 * dim + dim * f + f * dim + dim * dim
+    assert count_layer_params(layer, dim) == 2 * dim + dim * f + f * dim + dim * dim
     assert layer.state_size(dim=dim, seq_len=100) == dim
     L = 10
     assert layer.flops(dim=dim, seq_len=L) == (
@@ -181,8 +161,8 @@ def test_time_mixer_matches_naive_recurrence(name, inputs_fn):
         lora = ["maa_lora_a", "maa_lora_b", "decay_lora_a", "decay_lora_b"]
         params = _perturb(params, lora, 0.1, seed=10)
     params["decay"] = params["decay"] + jax.random.normal(jax.random.key(9), params["decay"].shape)
-    y = _apply(layer, params, x)
-    expected = _naive_time_mixer(_np(params), np.asarray(x, F64), 16, inputs_fn)
+    y = np.asarray(apply(layer, params, x))
+    expected = _naive_time_mixer(float64(params), np.asarray(x, F64), 16, inputs_fn)
     np.testing.assert_allclose(y, expected, rtol=2e-4, atol=2e-5)
 
 
@@ -220,8 +200,8 @@ def test_rwkv6_decay_depends_on_the_input():
 @pytest.mark.parametrize("seq_len", [1, 3])
 def test_time_mixer_short_and_odd_lengths(name, seq_len):
     layer = layers.make_layer(name)
-    params, x = _init(layer, dim=64, seq_len=seq_len)
-    y = _apply(layer, params, x)
+    params, x = init_on_input(layer, (2, seq_len, 64))
+    y = np.asarray(apply(layer, params, x))
     assert y.shape == x.shape and np.all(np.isfinite(y))
 
 
@@ -230,11 +210,12 @@ def test_time_mixer_param_counts_and_state(dim, head_dim):
     heads = dim // head_dim
     r5 = layers.make_layer("rwkv5-time-mixer", head_dim=head_dim)
     # 4 mix vectors, r/k/v/g/output maps, decay, bonus, GroupNorm scale and bias.
-    assert _count(r5, dim) == 4 * dim + 5 * dim * dim + 4 * dim
+    assert count_layer_params(r5, dim) == 4 * dim + 5 * dim * dim + 4 * dim
     r6 = layers.make_layer("rwkv6-time-mixer", head_dim=head_dim)
     # 6 maa vectors, mix LoRA D x 5*32 and 5*32 x D, 5 maps, decay LoRA D x 64 and 64 x D,
     # decay, bonus, GroupNorm scale and bias.
-    assert _count(r6, dim) == 6 * dim + 2 * dim * 5 * 32 + 5 * dim * dim + 2 * dim * 64 + 4 * dim
+    assert count_layer_params(r6, dim) == (6 * dim + 2 * dim * 5 * 32 + 5 * dim * dim + 2 * dim * 64
+                                           + 4 * dim)
     for layer in (r5, r6):
         assert layer.state_size(dim=dim, seq_len=1000) == heads * head_dim * head_dim + dim
     assert layers.make_layer("rwkv5-time-mixer").state_size(dim=128, seq_len=1) == 8 * 256 + 128
@@ -260,7 +241,7 @@ def test_time_mixer_rejects_width_not_multiple_of_head_dim():
 @pytest.mark.parametrize("name", ["rwkv5-time-mixer", "rwkv6-time-mixer"])
 def test_bfloat16_compute_stays_close(name):
     layer, params, x = _time_mixer(name)
-    y32 = _apply(layer, params, x)
+    y32 = np.asarray(apply(layer, params, x))
     y16 = layers.make_layer(name, dtype=jnp.bfloat16).apply({"params": params}, x)
     assert y16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32,

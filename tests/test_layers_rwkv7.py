@@ -11,6 +11,8 @@ import pytest
 from mad_jax import layers, models
 from mad_jax.layers.accounting import dense_flops
 
+from layer_harness import apply_sown, count_layer_params, float64, init_on_input
+
 F64 = np.float64
 DIM, SEQ_LEN, HEAD = 32, 12, 16
 
@@ -19,10 +21,8 @@ DIM, SEQ_LEN, HEAD = 32, 12, 16
 def _layer():
     """The registered layer at width 32 (2 heads of 16), params and input, built once."""
     layer = layers.make_layer("rwkv7-time-mixer")
-    x = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, DIM), jnp.float32)
-    params = nn.meta.unbox(jax.jit(layer.init)(jax.random.key(1), x)["params"])
-    apply = jax.jit(lambda p, x: layer.apply({"params": p}, x, mutable=["intermediates"]))
-    return layer, params, x, apply
+    params, x = init_on_input(layer, (2, SEQ_LEN, DIM))
+    return layer, params, x, functools.partial(apply_sown, layer)
 
 
 def _sigmoid(x):
@@ -69,7 +69,7 @@ def _naive_rwkv7(p, x, head):
 def test_layer_matches_float64_token_loop_in_the_papers_layout():
     layer, params, x, apply = _layer()
     rng = np.random.default_rng(0)
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, F64), params)
+    p = float64(params)
     # Trained-looking LoRA maps (zero at init) and bonus, so every data-dependent path matters.
     for name in ("decay", "a", "gate"):
         p[f"{name}_lora_down"] = 0.3 * rng.standard_normal(p[f"{name}_lora_down"].shape)
@@ -108,19 +108,13 @@ def test_init_is_the_papers_layer_zero():
             np.testing.assert_allclose(up.T @ up, 0.01 * rank / DIM * np.eye(DIM), atol=1e-6)
 
 
-def _count(layer, dim):
-    x = jax.ShapeDtypeStruct((1, 4, dim), jnp.float32)
-    shapes = nn.meta.unbox(jax.eval_shape(layer.init, jax.random.key(0), x)["params"])
-    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes))
-
-
 def test_param_count_state_and_flops_formulas():
     D, L, H, K = 128, 1024, 8, 16
     layer = layers.make_layer("rwkv7-time-mixer")
     # 6 lerp vectors, r/k/v/output maps, LoRAs of rank 32, 32, 64, decay and a biases,
     # k_k, k_a, r_k, GroupNorm scale and bias.
-    assert _count(layer, D) == (6 * D + 4 * D * D + 2 * D * (32 + 32 + 64) + 2 * D + 3 * D
-                                + 2 * D) == 99_968
+    assert count_layer_params(layer, D) == (6 * D + 4 * D * D + 2 * D * (32 + 32 + 64) + 2 * D
+                                            + 3 * D + 2 * D) == 99_968
     # The state is H K^2 + D, not D K^2: 2176 at the defaults.
     assert layer.state_size(dim=D, seq_len=L) == H * K * K + D == 2176
     assert layers.make_layer("rwkv7-time-mixer", head_dim=32).state_size(dim=D, seq_len=1) == (

@@ -258,7 +258,9 @@ def test_batch_must_divide_over_the_data_axes():
 def test_checkpoint_on_4x2_restores_on_8x1_and_on_one_device(tmp_path):
     _, create, specs, _, _ = _setup()
     _, state = _train("fsdp:4,tensor:2", num_steps=3)
-    sharding.save_checkpoint(tmp_path / "ckpt", state)
+    saver = training.Checkpointer(tmp_path / "ckpt")
+    saver.save(3, state, {"step": 3})
+    saver.close()
     next_batch = _batches(4)[3]
 
     def next_loss(mesh, state):
@@ -271,8 +273,9 @@ def test_checkpoint_on_4x2_restores_on_8x1_and_on_one_device(tmp_path):
         part, state_sh, _, _, _ = _compiled(mesh)
         abstract, _ = part.state_shardings(create, jax.random.key(0), *_hparams(),
                                            params_specs=specs)
-        restored = sharding.restore_checkpoint(tmp_path / "ckpt",
-                                               sharding.restore_target(abstract, state_sh))
+        reader = training.Checkpointer(tmp_path / "ckpt")
+        restored, _, _ = reader.restore(sharding.restore_target(abstract, state_sh))
+        reader.close()
         for leaf, sh in zip(jax.tree.leaves(restored), jax.tree.leaves(state_sh)):
             assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
         np.testing.assert_allclose(next_loss(mesh, restored), want, rtol=RTOL)

@@ -63,7 +63,7 @@ def _train(part, shard_index, shard_count, num_steps):
 
 
 def worker(process_id: int, port: int, out_dir: str) -> None:
-    from mad_jax import sharding
+    from mad_jax import sharding, training
 
     multi = sharding.initialize(True, coordinator_address=f"localhost:{port}", num_processes=2,
                                 process_id=process_id)
@@ -74,7 +74,9 @@ def worker(process_id: int, port: int, out_dir: str) -> None:
     global_example = np.zeros((BATCH, LENGTH), np.int32)
     shard_index, shard_count = part.host_shard(part.batch_shardings(global_example), BATCH)
     losses, state, (step, batch_sh, rows) = _train(part, shard_index, shard_count, STEPS)
-    sharding.save_checkpoint(os.path.join(out_dir, "ckpt"), state)
+    checkpointer = training.Checkpointer(os.path.join(out_dir, "ckpt"))
+    checkpointer.save(STEPS, state, {"step": STEPS})
+    checkpointer.close()
     _, metrics = step(state, part.shard_batch(next(rows), batch_sh, global_batch=BATCH))
     if sharding.is_main_process():
         with open(os.path.join(out_dir, "losses.json"), "w") as f:
@@ -87,7 +89,7 @@ def worker(process_id: int, port: int, out_dir: str) -> None:
 def test_two_processes_train_like_one_and_share_a_sharded_checkpoint(tmp_path):
     import jax
 
-    from mad_jax import sharding
+    from mad_jax import sharding, training
 
     from two_processes import run_two_processes
 
@@ -105,8 +107,9 @@ def test_two_processes_train_like_one_and_share_a_sharded_checkpoint(tmp_path):
     _, _, create, specs = _model_and_state_fns()
     other = sharding.Partitioner.create("fsdp:2,tensor:4")
     abstract, shardings = other.state_shardings(create, jax.random.key(0), params_specs=specs)
-    target = sharding.restore_target(abstract, shardings)
-    restored = sharding.restore_checkpoint(tmp_path / "ckpt", target)
+    checkpointer = training.Checkpointer(tmp_path / "ckpt")
+    restored, _, _ = checkpointer.restore(sharding.restore_target(abstract, shardings))
+    checkpointer.close()
     assert int(restored.step) == STEPS
     for leaf, sh in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)):
         assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)

@@ -12,7 +12,7 @@ from mad_jax import tasks
 from mad_jax.tasks import generation
 from mad_jax.tasks.memorization import memorization_map
 
-IGNORE = -100
+IGNORE = tasks.IGNORE_INDEX
 SPLITS = ("train", "test")
 ALL_SPLITS = ("train", "validation", "test")
 

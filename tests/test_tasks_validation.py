@@ -6,7 +6,7 @@ import pytest
 from mad_jax import tasks
 from mad_jax.tasks import cache, generation
 
-IGNORE = -100
+IGNORE = tasks.IGNORE_INDEX
 # Small settings of every task, and tiny ones whose test split covers much of the sequence space,
 # so that the validation split must skip test sequences.
 SMALL = {

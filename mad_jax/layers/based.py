@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
 from mad_jax.layers.dense import DenseGeneral
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 
@@ -110,19 +111,16 @@ class Based(nn.Module):
         # everything after them are float32 (the op computes in float32 anyway).
         scale = self.feature_dim ** -0.25
 
-        def features_heads_first(z_BxLxHxF):  # -> phi(z) [B, H, L, E] in float32
-            return jnp.swapaxes(taylor_feature_map(z_BxLxHxF.astype(_F32) * scale), 1, 2)
-
-        phi_q_BxHxLxE = features_heads_first(q_BxLxHxF)
-        phi_k_BxHxLxE = features_heads_first(k_BxLxHxF)
-        v_BxHxLxV = jnp.swapaxes(v_BxLxHxV.astype(_F32), 1, 2)
+        phi_q_BxHxLxE = heads_first(taylor_feature_map(q_BxLxHxF.astype(_F32) * scale))
+        phi_k_BxHxLxE = heads_first(taylor_feature_map(k_BxLxHxF.astype(_F32) * scale))
+        v_BxHxLxV = heads_first(v_BxLxHxV, _F32)
         # A column of ones after the values: its output is the normaliser phi(q_t) . z_t.
         v_ones_BxHxLxW = jnp.concatenate([v_BxHxLxV, jnp.ones(v_BxHxLxV.shape[:-1] + (1,), _F32)],
                                          axis=-1)
         o_BxHxLxW = ops.linear_attention(phi_q_BxHxLxE, phi_k_BxHxLxE, v_ones_BxHxLxW,
                                          chunk_size=self.chunk_size, impl=self.kernel_impl)
         numerator_BxHxLxV, denominator_BxHxLx1 = o_BxHxLxW[..., :-1], o_BxHxLxW[..., -1:]
-        o_BxLxHxV = jnp.swapaxes(numerator_BxHxLxV / denominator_BxHxLx1, 1, 2)
+        o_BxLxHxV = from_heads_first(numerator_BxHxLxV / denominator_BxHxLx1)
 
         out_proj = DenseGeneral(dim, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                                 param_dtype=self.param_dtype, kernel_init=torch_linear_init(),

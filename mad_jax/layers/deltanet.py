@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_dense
 from mad_jax.layers.mamba import dt_bias_init
 from mad_jax.layers.registry import register_layer
@@ -119,7 +120,7 @@ class DeltaNet(nn.Module):
         k_BxLxHxK = l2_normalize(k_BxLxC.reshape(batch, seq_len, heads, dk))
         v_BxLxHxV = v_BxLxC.reshape(batch, seq_len, heads, dv).astype(_F32)
         beta_BxLxH = jax.nn.sigmoid(project(heads, ("embed", "heads"), "b_proj").astype(_F32))
-        self.sow("intermediates", "beta", jnp.swapaxes(beta_BxLxH, 1, 2))
+        self.sow("intermediates", "beta", heads_first(beta_BxLxH))
 
         log_gate_BxHxL = None
         if self.gated:
@@ -128,17 +129,14 @@ class DeltaNet(nn.Module):
                 "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor))
             alpha_BxLxH = project(heads, ("embed", "heads"), "a_proj").astype(_F32)
             log_gate_BxLxH = -jnp.exp(a_log_H) * jax.nn.softplus(alpha_BxLxH + dt_bias_H)
-            log_gate_BxHxL = jnp.swapaxes(log_gate_BxLxH, 1, 2)
+            log_gate_BxHxL = heads_first(log_gate_BxLxH)
             self.sow("intermediates", "log_gate", log_gate_BxHxL)
 
-        def heads_first(a):  # [B, L, H, X] -> [B, H, L, X]
-            return jnp.swapaxes(a, 1, 2)
-
         o_BxHxLxV = ops.delta_rule(heads_first(q_BxLxHxK), heads_first(k_BxLxHxK),
-                                   heads_first(v_BxLxHxV), jnp.swapaxes(beta_BxLxH, 1, 2),
+                                   heads_first(v_BxLxHxV), heads_first(beta_BxLxH),
                                    log_gate_BxHxL=log_gate_BxHxL, chunk_size=self.chunk_size,
                                    impl=self.kernel_impl)
-        o_BxLxHxV = heads_first(o_BxHxLxV)
+        o_BxLxHxV = from_heads_first(o_BxHxLxV)
 
         # Per-head RMSNorm in float32, one weight vector shared by the heads.
         scale_V = self.param("o_norm", nn.with_logical_partitioning(nn.initializers.ones, ("kv",)),

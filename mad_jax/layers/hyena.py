@@ -31,20 +31,10 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops, fft_conv_flops
-from mad_jax.layers.initializers import torch_linear_init
+from mad_jax.layers.initializers import torch_dense
 from mad_jax.layers.hyena_filter import ImplicitFilter, implicit_filter_flops
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.short_conv import ShortConv, short_conv_flops, short_conv_state
-
-
-def dense(module: nn.Module, features: int, axes: tuple[Any, Any], name: str,
-          use_bias: bool = True) -> nn.Dense:
-    """A Dense in the module's dtypes with the PyTorch Linear init, zero bias and logical axes."""
-    return nn.Dense(features, use_bias=use_bias, dtype=module.dtype,
-                    param_dtype=module.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(torch_linear_init(), axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
-                    name=name)
 
 
 def hyena_recurrence(gates: Sequence[jnp.ndarray], v_BxLxI: jnp.ndarray, h_LxC: jnp.ndarray,
@@ -99,7 +89,8 @@ class _HyenaBase(nn.Module):
     def project(self, x_BxLxD: jnp.ndarray) -> list[jnp.ndarray]:
         """Steps 1-2: projection, group tiling and short filter; returns the N+1 chunks."""
         _, total, proj = self.widths(x_BxLxD.shape[-1])
-        p_BxLxP = dense(self, proj, ("embed", "mlp"), "in_proj")(x_BxLxD.astype(self.dtype))
+        in_proj = torch_dense(self, proj, ("embed", "mlp"), "in_proj", use_bias=True)
+        p_BxLxP = in_proj(x_BxLxD.astype(self.dtype))
         u_BxLxT = jnp.tile(p_BxLxP, (1, 1, self.proj_groups))
         u_BxLxT = ShortConv(self.short_filter_order, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="short_filter")(u_BxLxT)
@@ -154,7 +145,7 @@ class Hyena(_HyenaBase):
         *gates, v_BxLxI = self.project(x_BxLxD)
         h_LxC, bias_C = self.long_filter(dim, seq_len)
         y_BxLxI = hyena_recurrence(gates, v_BxLxI, h_LxC, bias_C, self.kernel_impl)
-        return dense(self, dim, ("mlp", "embed"), "out_proj")(y_BxLxI)
+        return torch_dense(self, dim, ("mlp", "embed"), "out_proj", use_bias=True)(y_BxLxI)
 
     def flops(self, dim: int, seq_len: int) -> int:
         """Forward FLOPs per sequence: input projection 2 L D P + L P bias (P = (N+1) I / groups),
@@ -220,7 +211,7 @@ class MultiHeadHyena(_HyenaBase):
         z_BxLxHxKxV = z_BxLxC.reshape(batch, seq_len, heads, head_dim, head_dim)
         y_BxLxHxV = jnp.einsum("blhk,blhkv->blhv", q_BxLxHxK, z_BxLxHxKxV)
         y_BxLxI = y_BxLxHxV.reshape(batch, seq_len, heads * head_dim).astype(self.dtype)
-        return dense(self, dim, ("mlp", "embed"), "out_proj")(y_BxLxI)
+        return torch_dense(self, dim, ("mlp", "embed"), "out_proj", use_bias=True)(y_BxLxI)
 
     def flops(self, dim: int, seq_len: int) -> int:
         """Forward FLOPs per sequence: projection, short filter, filter generation (C = H) and

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from mad_jax.layers.accounting import dense_flops, fft_conv_flops
-from mad_jax.layers.initializers import torch_linear_init
-from mad_jax.layers.hyena import dense, hyena_recurrence
+from mad_jax.layers.initializers import torch_dense, torch_linear_init
+from mad_jax.layers.hyena import hyena_recurrence
 from mad_jax.layers.hyena_filter import ImplicitFilter, implicit_filter_flops
 from mad_jax.layers.moe_paper import paper_routing_weights
 from mad_jax.layers.registry import register_layer
@@ -114,7 +114,8 @@ class HyenaExperts(nn.Module):
         batch, seq_len, dim = x_BxLxD.shape
         width = self._check()
         x_BxLxD = x_BxLxD.astype(self.dtype)
-        u_BxLxT = dense(self, (self.order + 1) * width, ("embed", "mlp"), "in_proj")(x_BxLxD)
+        u_BxLxT = torch_dense(self, (self.order + 1) * width, ("embed", "mlp"), "in_proj",
+                              use_bias=True)(x_BxLxD)
         u_BxLxT = ShortConv(self.short_filter_order, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="short_filter")(u_BxLxT)
         *gates, v_BxLxW = jnp.split(u_BxLxT, self.order + 1, axis=-1)
@@ -144,7 +145,8 @@ class HyenaExperts(nn.Module):
                      self.aux_loss_coef * load_balancing_loss(logits_BxLxE, idx_BxLxK))
 
         mixed_BxLxDe = jnp.einsum("blde,ble->bld", y_BxLxDexE.astype(jnp.float32), gates_BxLxE)
-        return dense(self, dim, ("mlp", "embed"), "out_proj")(mixed_BxLxDe.astype(self.dtype))
+        return torch_dense(self, dim, ("mlp", "embed"), "out_proj",
+                           use_bias=True)(mixed_BxLxDe.astype(self.dtype))
 
     def flops(self, dim: int, seq_len: int) -> int:
         """Forward FLOPs per sequence, all E experts evaluated (W = E d): input projection

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mad_jax.layers.initializers import torch_linear_init
+from mad_jax.layers.initializers import torch_dense
 
 
 def positional_features(length: int, emb_dim: int) -> jnp.ndarray:
@@ -117,14 +117,8 @@ class ImplicitFilter(nn.Module):
                                                      (None,)),
             (self.ffn_width,), self.param_dtype).astype(jnp.float32)
 
-        def dense(features, use_bias, axes, name):
-            # The reference's backbone zeroes every Linear bias at init.
-            return nn.Dense(features, use_bias=use_bias, dtype=jnp.float32,
-                            param_dtype=self.param_dtype,
-                            kernel_init=nn.with_logical_partitioning(torch_linear_init(), axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                   axes[-1:]),
-                            name=name)
+        def dense(features, use_bias, axes, name):  # the filter runs in float32
+            return torch_dense(self, features, axes, name, use_bias, dtype=jnp.float32)
 
         h_LxW = jnp.sin(freq_W * dense(self.ffn_width, True, (None, None), "in")(z_LxE))
         for i in range(self.num_inner):

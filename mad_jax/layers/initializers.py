@@ -68,13 +68,16 @@ def torch_linear_init(in_axis: int | Sequence[int] = -2, out_axis: int | Sequenc
         batch_axis=batch_axis))
 
 
-def torch_dense(module: nn.Module, features: int, axes: tuple[str, str], name: str,
-                use_bias: bool = False) -> nn.Dense:
-    """A bias-free (by default) Dense with the PyTorch init and logical axis names (in, out).
+def torch_dense(module: nn.Module, features: int, axes: tuple[str | None, str | None], name: str,
+                use_bias: bool = False, dtype: Any = None) -> nn.Dense:
+    """A bias-free (by default) Dense with the PyTorch init, a zero bias (the reference's backbone
+    zeroes every Linear bias) and logical axis names (in, out).
 
-    Takes `dtype` and `param_dtype` from `module`, the layer it is created in.
+    Takes `param_dtype` from `module`, the layer it is created in, and its `dtype` unless `dtype`
+    names another compute dtype.
     """
-    return nn.Dense(features, use_bias=use_bias, dtype=module.dtype, param_dtype=module.param_dtype,
+    return nn.Dense(features, use_bias=use_bias, dtype=module.dtype if dtype is None else dtype,
+                    param_dtype=module.param_dtype,
                     kernel_init=nn.with_logical_partitioning(torch_linear_init(), axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
                     name=name)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from mad_jax import ops
 from mad_jax.layers import accounting
 from mad_jax.layers.dense import DenseGeneral
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import linear_weight, torch_linear_init
 from mad_jax.layers.registry import register_layer
 
@@ -136,17 +137,15 @@ class LinearAttention(nn.Module):
         fmap_q, fmap_k = self._feature_maps()
         q_BxLxHxK, k_BxLxHxK = fmap_q(q_BxLxHxK), fmap_k(k_BxLxHxK)
 
-        def heads_first(a):  # [B, L, H, X] -> [B, H, L, X] in float32
-            return jnp.swapaxes(a, 1, 2).astype(jnp.float32)
-
-        q_BxHxLxK, k_BxHxLxK, v_BxHxLxV = map(heads_first, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxV))
+        q_BxHxLxK, k_BxHxLxK, v_BxHxLxV = (heads_first(a, jnp.float32)
+                                           for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxV))
         o_BxHxLxV = ops.linear_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxV,
                                          chunk_size=self.chunk_size, impl=self.kernel_impl)
         if self.normalize:
             z_BxHxLxK = jnp.cumsum(k_BxHxLxK, axis=2)
             denom_BxHxL = jnp.einsum("bhlk,bhlk->bhl", q_BxHxLxK, z_BxHxLxK) + self.eps
             o_BxHxLxV = o_BxHxLxV / denom_BxHxL[..., None]
-        o_BxLxHxV = jnp.swapaxes(o_BxHxLxV, 1, 2).astype(self.dtype)
+        o_BxLxHxV = from_heads_first(o_BxHxLxV, self.dtype)
         return _heads_out(dim, init, name="out_proj", **kw)(o_BxLxHxV)
 
     def flops(self, dim: int, seq_len: int) -> int:
@@ -226,14 +225,12 @@ class GatedLinearAttention(nn.Module):
             log_decay_BxLxHxK = jnp.maximum(log_decay_BxLxHxK, self.clamp_min)
         self.sow("intermediates", "log_decay", log_decay_BxLxHxK)
 
-        def heads_first(a):  # [B, L, H, X] -> [B, H, L, X] in float32
-            return jnp.swapaxes(a, 1, 2).astype(jnp.float32)
-
+        f32 = jnp.float32
         o_BxHxLxV = ops.linear_attention(
-            heads_first(q_BxLxHxK) * head_k ** -0.5, heads_first(k_BxLxHxK), heads_first(v_BxLxHxV),
-            log_decay_BxHxLxK=heads_first(log_decay_BxLxHxK), chunk_size=self.chunk_size,
-            impl=self.kernel_impl)
-        o_BxLxHxV = jnp.swapaxes(o_BxHxLxV, 1, 2)
+            heads_first(q_BxLxHxK, f32) * head_k ** -0.5, heads_first(k_BxLxHxK, f32),
+            heads_first(v_BxLxHxV, f32), log_decay_BxHxLxK=heads_first(log_decay_BxLxHxK, f32),
+            chunk_size=self.chunk_size, impl=self.kernel_impl)
+        o_BxLxHxV = from_heads_first(o_BxHxLxV)
 
         # RMSNorm over each head's values (float32), one weight vector shared by the heads.
         norm_scale_V = self.param(

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_dense
 from mad_jax.layers.mamba import dt_bias_init
 from mad_jax.layers.registry import register_layer
@@ -123,12 +124,11 @@ class Mamba2(nn.Module):
         a_H = -jnp.exp(a_log_H.astype(f32))
 
         # Heads first for the op; head h reads group h // (H / G) of B and C.
-        x_BxHxLxP = jnp.moveaxis(x_BxLxI.astype(f32).reshape(batch, seq_len, heads, head_dim), 2, 1)
-        dt_BxHxL = jnp.moveaxis(dt_BxLxH, 2, 1)
+        x_BxHxLxP = heads_first(x_BxLxI.reshape(batch, seq_len, heads, head_dim), f32)
+        dt_BxHxL = heads_first(dt_BxLxH)
 
         def per_head(a_BxLxGN):  # [B, L, G*N] -> [B, H, L, N]
-            a_BxGxLxN = jnp.moveaxis(a_BxLxGN.astype(f32).reshape(batch, seq_len, groups, n_state),
-                                     2, 1)
+            a_BxGxLxN = heads_first(a_BxLxGN.reshape(batch, seq_len, groups, n_state), f32)
             return jnp.repeat(a_BxGxLxN, heads // groups, axis=1)
 
         c_BxHxLxN, b_BxHxLxN = per_head(c_BxLxGN), per_head(b_BxLxGN)
@@ -138,7 +138,7 @@ class Mamba2(nn.Module):
                                          log_decay_BxHxLxK=log_decay_BxHxLxN,
                                          chunk_size=self.chunk_size, impl=self.kernel_impl)
         y_BxHxLxP = y_BxHxLxP + d_skip_H[None, :, None, None] * x_BxHxLxP
-        y_BxLxI = jnp.moveaxis(y_BxHxLxP, 1, 2).reshape(batch, seq_len, inner)
+        y_BxLxI = from_heads_first(y_BxHxLxP).reshape(batch, seq_len, inner)
 
         # Gated RMSNorm: gate first, then normalise each group of I / G channels (float32).
         y_BxLxI = y_BxLxI * jax.nn.silu(z_BxLxI.astype(f32))

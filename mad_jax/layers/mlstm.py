@@ -56,6 +56,7 @@ import numpy as np
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_dense, torch_linear_init
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.short_conv import ShortConv, short_conv_flops, short_conv_state
@@ -225,17 +226,17 @@ class MLSTM(nn.Module):
         i_pre_BxLxH = self._gate("igate", nn.initializers.normal(std))(gate_in_BxLx3I)
         f_pre_BxLxH = self._gate("fgate", _linspace_init(f_lo, f_hi))(gate_in_BxLx3I)
 
-        def heads_first(a_BxLxI):  # [B, L, I] -> [B, H, L, d] in float32
-            return jnp.moveaxis(a_BxLxI.astype(_F32).reshape(batch, seq_len, heads, head_dim), 2, 1)
+        def split_heads(a_BxLxI):  # [B, L, I] -> [B, H, L, d] in float32
+            return heads_first(a_BxLxI.reshape(batch, seq_len, heads, head_dim), _F32)
 
-        h_BxHxLxd = mlstm_chunked(heads_first(q_BxLxI), heads_first(k_BxLxI), heads_first(v_BxLxI),
-                                  jnp.moveaxis(i_pre_BxLxH, 2, 1), jnp.moveaxis(f_pre_BxLxH, 2, 1),
+        h_BxHxLxd = mlstm_chunked(split_heads(q_BxLxI), split_heads(k_BxLxI), split_heads(v_BxLxI),
+                                  heads_first(i_pre_BxLxH), heads_first(f_pre_BxLxH),
                                   eps=self.eps, chunk_size=self.chunk_size, impl=self.kernel_impl)
         # Per-head LayerNorm without bias (the xLSTM code's MultiHeadLayerNorm), in float32.
         mean_BxHxLx1 = jnp.mean(h_BxHxLxd, axis=-1, keepdims=True)
         var_BxHxLx1 = jnp.mean(jnp.square(h_BxHxLxd - mean_BxHxLx1), axis=-1, keepdims=True)
         h_BxHxLxd = (h_BxHxLxd - mean_BxHxLx1) * jax.lax.rsqrt(var_BxHxLx1 + self.norm_eps)
-        h_BxLxI = jnp.moveaxis(h_BxHxLxd, 1, 2).reshape(batch, seq_len, inner)
+        h_BxLxI = from_heads_first(h_BxHxLxd).reshape(batch, seq_len, inner)
         norm_weight_I = self.param("norm_weight", nn.with_logical_partitioning(
             nn.initializers.ones, ("mlp",)), (inner,), self.param_dtype)
         skip_I = self.param("learnable_skip", nn.with_logical_partitioning(

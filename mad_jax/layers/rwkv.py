@@ -28,6 +28,7 @@ import numpy as np
 
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_dense, torch_linear_init
 from mad_jax.layers.registry import register_layer
 
@@ -117,13 +118,11 @@ class _TimeMixerBase(nn.Module):
                                 ("heads", "kv"))
         self.sow("intermediates", "log_decay", log_decay_BxLxHxK)
 
-        def heads_first(a):  # [B, L, H, K] -> [B, H, L, K], float32 for the scan
-            return jnp.swapaxes(a.astype(_F32), 1, 2)
-
         o_BxHxLxK = ops.linear_attention(
-            heads_first(r_BxLxHxK), heads_first(k_BxLxHxK), heads_first(v_BxLxHxK),
-            log_decay_BxHxLxK=heads_first(log_decay_BxLxHxK), bonus_HxK=bonus_HxK.astype(_F32))
-        o_BxLxHxK = jnp.swapaxes(o_BxHxLxK, 1, 2)
+            heads_first(r_BxLxHxK, _F32), heads_first(k_BxLxHxK, _F32),
+            heads_first(v_BxLxHxK, _F32), log_decay_BxHxLxK=heads_first(log_decay_BxLxHxK, _F32),
+            bonus_HxK=bonus_HxK.astype(_F32))
+        o_BxLxHxK = from_heads_first(o_BxHxLxK)
 
         scale_HxK = self._param("norm_scale", nn.initializers.ones, (heads, self.head_dim),
                                 ("heads", "kv"))

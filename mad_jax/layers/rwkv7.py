@@ -46,6 +46,7 @@ import numpy as np
 from mad_jax import ops
 from mad_jax.layers.accounting import dense_flops
 from mad_jax.layers.deltanet import l2_normalize
+from mad_jax.layers.heads import from_heads_first, heads_first
 from mad_jax.layers.initializers import torch_linear_init
 from mad_jax.layers.registry import register_layer
 from mad_jax.layers.rwkv import token_shift
@@ -167,14 +168,11 @@ class RWKV7TimeMixer(nn.Module):
         self.sow("intermediates", "log_decay", log_w)
         self.sow("intermediates", "learning_rate", a)
 
-        def heads_first(t):  # [B, L, H, K] -> [B, H, L, K]
-            return jnp.swapaxes(t, 1, 2)
-
         o_BxHxLxK = ops.generalized_delta_rule(
             heads_first(r), heads_first(k_BxLxHxK), heads_first(v),
             heads_first(-a * kappa_hat_BxLxHxK), heads_first(kappa_hat_BxLxHxK),
             log_decay_BxHxLxK=heads_first(log_w))
-        o_BxLxHxK = jnp.swapaxes(o_BxHxLxK, 1, 2)
+        o_BxLxHxK = from_heads_first(o_BxHxLxK)
 
         scale_HxK = self._param("norm_scale", nn.initializers.ones, (heads, dk), ("heads", "kv"))
         bias_HxK = self._param("norm_bias", nn.initializers.zeros, (heads, dk), ("heads", "kv"))

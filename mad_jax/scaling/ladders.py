@@ -69,8 +69,6 @@ LADDER_SPECS = {
     "paper": LadderSpec(head_dim=64, aspect_ratio=64.0, min_dim=256, max_dim=8192, max_depth=96,
                         dim_multiple=128),
 }
-TINY_SIZES = (1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6)
-PAPER_SIZES = (7e7, 1.6e8, 4.1e8, 1e9, 1.4e9, 3e9, 7e9)
 
 
 @dataclasses.dataclass(frozen=True)

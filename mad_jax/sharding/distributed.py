@@ -1,17 +1,15 @@
-"""Multi-host: process start-up, which process reports, and sharded checkpoints.
+"""Multi-host: process start-up, which process reports, and restore targets on any mesh.
 
 On a TPU pod slice every host runs the same command; `initialize(True)` connects them (TPU VMs
 are discovered automatically; elsewhere pass the coordinator address, the process count and this
 process's id). Afterwards `jax.devices()` lists every device of the job, meshes span all hosts,
 and each host feeds only the rows of a batch that its own devices hold (`Partitioner.shard_batch`).
+Checkpoints are written and read by `mad_jax.training.Checkpointer` (orbax: every host writes the
+shards it owns); `restore_target` says where each restored array goes.
 """
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import jax
-import orbax.checkpoint as ocp
 
 _initialized = False
 
@@ -49,27 +47,11 @@ def is_main_process() -> bool:
 
 
 def restore_target(abstract_state, shardings):
-    """jax.ShapeDtypeStructs carrying the target shardings: what orbax restores onto.
+    """jax.ShapeDtypeStructs carrying the target shardings: what orbax (and
+    `Checkpointer.restore`) restores onto.
 
     The target mesh may differ from the one the checkpoint was written on (4x2 -> 8x1 -> 1 device):
     orbax reads each device's slice of every array directly in the new layout.
     """
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract_state, shardings)
-
-
-def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
-    """Writes a sharded state: every host writes the shards it owns (called on every process)."""
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(path), state)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-
-
-def restore_checkpoint(path: str | os.PathLike, target) -> Any:
-    """Reads a state onto the shardings in `target` (from `restore_target`), on any mesh."""
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        return checkpointer.restore(os.path.abspath(path), target)
-    finally:
-        checkpointer.close()
