@@ -77,10 +77,9 @@ def run_from_config(config, log=print) -> int:
 
 
 def _run(config, log) -> int:
-    import jax
     import numpy as np
 
-    from mad_jax import storage
+    from mad_jax import sharding, storage
     from mad_jax.scaling import isoflop, report, window_source
 
     cfg = scaling_config.resolve(config)
@@ -90,7 +89,7 @@ def _run(config, log) -> int:
     families = _names(cfg.families)
     budgets = _floats(cfg.budgets, "budgets")
     sizes = _floats(cfg.sizes, "sizes")
-    writer = jax.process_index() == 0
+    writer = sharding.is_main_process()
     log = log if writer else (lambda _line: None)
     t0 = time.time()
     if cfg.plan_only:

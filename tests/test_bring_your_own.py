@@ -18,11 +18,11 @@ import pytest
 
 import mad_jax
 from mad_jax import layers, models, protocol
+from tiny_runs import TINY_RUN
 
 TASK = "memorization"  # the cheapest task: 32 tokens per sequence
 GRID = ((1e-3, 0.0), (5e-3, 0.0))
-TINY = {"train_steps": 4, "batch_size": 8, "max_train_examples": 64, "max_test_examples": 32,
-        "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 2}
+TINY = dict(TINY_RUN, log_every_steps=2)
 
 
 class CausalConvMixer(nn.Module):

@@ -12,11 +12,11 @@ import pytest
 from mad_jax import models, protocol, tasks, training
 from mad_jax.protocol import results_table
 from mad_jax.protocol.progress import Progress
+from tiny_runs import TINY_RUN
 
 TASK = "memorization"
 GRID = ((1e-3, 0.0), (5e-3, 0.1))
-TINY = {"train_steps": 4, "batch_size": 8, "max_train_examples": 64, "max_test_examples": 32,
-        "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1}
+TINY = TINY_RUN
 TIMING = ["wall_time_s", "compile_time_s"]
 
 

@@ -9,11 +9,11 @@ import pytest
 from mad_jax import models, protocol
 from mad_jax.layers import registry
 from mad_jax.protocol import fingerprint, results_table
+from tiny_runs import SHORTEST_RUN
 
 TASK = "memorization"
 GRID = ((1e-3, 0.0),)
-TINY = {"train_steps": 2, "batch_size": 8, "max_train_examples": 32, "max_test_examples": 16,
-        "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1}
+TINY = SHORTEST_RUN
 
 
 def model_fn_of(layers="swiglu", dim=16, **kw):

@@ -9,10 +9,10 @@ from mad_jax import models, protocol, sharding
 from mad_jax.models import accounting, hybrid
 from mad_jax.protocol import report
 from mad_jax.training import TrainConfig
+from tiny_runs import SHORTEST_RUN
 
 TASK = "memorization"
-TINY = {"train_steps": 2, "batch_size": 8, "max_train_examples": 32, "max_test_examples": 16,
-        "eval_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1}
+TINY = SHORTEST_RUN
 
 
 def build(layers="swiglu", dim=16, vocab_shrink=0):

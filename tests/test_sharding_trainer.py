@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mad_jax import models, training
+from tiny_runs import copy_data
 
 VOCAB, LENGTH = 16, 16
 BASE = dict(batch_size=16, train_steps=10, eval_every_steps=5, log_every_steps=1,
@@ -15,16 +16,8 @@ BASE = dict(batch_size=16, train_steps=10, eval_every_steps=5, log_every_steps=1
             grid=training.DEFAULT_GRID)
 
 
-def _copy_data(n, seed):
-    rng = np.random.default_rng(seed)
-    half = rng.integers(0, VOCAB, (n, LENGTH // 2))
-    seq = np.concatenate([half, half], axis=1).astype(np.int32)
-    targets = seq[:, 1:].copy()
-    targets[:, : LENGTH // 2 - 1] = -100
-    return seq[:, :-1], targets.astype(np.int32)
-
-
-TRAIN, TEST = _copy_data(128, 0), _copy_data(32, 1)
+TRAIN = copy_data(128, 0, vocab_size=VOCAB, length=LENGTH)
+TEST = copy_data(32, 1, vocab_size=VOCAB, length=LENGTH)
 MODEL = models.build("hyena swiglu", vocab_size=VOCAB, max_length=LENGTH - 1, dim=32)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mad_jax import training
+from tiny_runs import copy_data
 from mad_jax.training import TrainConfig, to_steps
 from mad_jax.training.losses import class_stats, macro_accuracy, sum_aux_losses, token_stats
 from mad_jax.training.optimizer import make_optimizer, set_hyperparams, warmup_cosine
@@ -35,17 +36,6 @@ class TinyLM(nn.Module):
         return nn.Dense(self.vocab_size)(nn.LayerNorm(name="final_norm")(x))
 
 
-def copy_data(n, seed):
-    """Next-token data where the second half repeats the first: learnable, not trivial."""
-    rng = np.random.default_rng(seed)
-    half = rng.integers(0, VOCAB, (n, LENGTH // 2))
-    seq = np.concatenate([half, half], axis=1).astype(np.int32)
-    inputs = seq[:, :-1]
-    targets = seq[:, 1:].copy()
-    targets[:, : LENGTH // 2 - 1] = -100  # only the copied half is scored
-    return inputs, targets.astype(np.int32)
-
-
 def batch_fn_for(inputs, targets, batch_size, seed=0):
     """A resumable numpy batch stream (step s is a pure function of s), like tasks.batches."""
     per_epoch = len(inputs) // batch_size
@@ -61,8 +51,8 @@ def batch_fn_for(inputs, targets, batch_size, seed=0):
     return batch_fn
 
 
-TRAIN = copy_data(128, 0)
-TEST = copy_data(40, 1)
+TRAIN = copy_data(128, 0, vocab_size=VOCAB, length=LENGTH)
+TEST = copy_data(40, 1, vocab_size=VOCAB, length=LENGTH)
 BASE = dict(batch_size=16, train_steps=12, eval_every_steps=4, log_every_steps=1,
             checkpoint_every_steps=5, stop_accuracy=None)
 
