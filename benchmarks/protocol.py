@@ -25,7 +25,7 @@ from mad_jax import models, sharding, tasks, training
 from mad_jax.training import loop
 
 
-def _time_steps(step, states, batches, n_steps):
+def time_steps(step, states, batches, n_steps):
     """(wall s, process CPU s, states) for n_steps grid steps; `step(states, batch) -> states`
     advances every run once (the states are donated, so the new ones come back). CPU seconds (all
     threads) are what a shared, loaded machine cannot distort."""
@@ -92,9 +92,9 @@ def main() -> None:
 
     timings = {"vmapped": [], "sequential": []}
     for _ in range(args.repeats):  # the two modes take turns, so load changes hit both alike
-        wall, cpu, state = _time_steps(lambda s, b: train_c(s, b)[0], state, batches, args.steps)
+        wall, cpu, state = time_steps(lambda s, b: train_c(s, b)[0], state, batches, args.steps)
         timings["vmapped"].append((wall, cpu))
-        wall, cpu, states = _time_steps(lambda ss, b: [single_c(s, b)[0] for s in ss], states,
+        wall, cpu, states = time_steps(lambda ss, b: [single_c(s, b)[0] for s in ss], states,
                                         batches, args.steps)
         timings["sequential"].append((wall, cpu))
     for name, key, compile_s in (("vmapped (1 program, 6 runs)", "vmapped", vmapped_compile_s),

@@ -26,16 +26,12 @@ import statistics
 import sys
 import time
 
-if "--mfu" not in sys.argv:  # before jax starts: 8 CPU devices for the table
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=8").strip()
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import mad_jax  # noqa: E402
-from mad_jax import sharding, training  # noqa: E402
+import mad_jax
+from mad_jax import sharding, training
 
 STRATEGIES = ("data:1", "data:8", "fsdp:8", "tensor:8", "data:4,fsdp:2", "fsdp:4,tensor:2",
               "data:2,fsdp:2,tensor:2", "sweep:1", "sweep:8")  # sweep: the 8-run grid, vmapped
@@ -232,4 +228,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if "--mfu" not in sys.argv:  # before the backend starts: 8 CPU devices for the table
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_force_host_platform_device_count=8").strip()
     main()
