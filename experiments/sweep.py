@@ -1,10 +1,12 @@
 """The command line of mad_jax: MAD protocol sweeps (one or several architectures -> a score
-table and a report) and, for configs of kind "scaling", pretraining IsoFLOP sweeps.
+table and a report), for configs of kind "scaling" pretraining IsoFLOP sweeps, and for configs
+of kind "search" the architecture search (`mad_jax.search`).
 
     python -m experiments.sweep --config=experiments/configs/mad.py --config.preset=smoke \
         --config.workdir=workdir/smoke
     python -m experiments.sweep --config=experiments/configs/compare.py:quick
     python -m experiments.sweep --config=experiments/configs/scaling.py:smoke
+    python -m experiments.sweep --config=experiments/configs/search.py:preset=cpu
     python -m experiments.sweep --config=experiments/configs/mad.py:quick --config.print_config=true
 
 MAD workdir layout: <workdir>/<arch>/{protocol.json, results.csv, runs/...} per architecture (see
@@ -262,8 +264,13 @@ def main(argv: list[str]) -> None:
         if config.get("distributed"):  # before anything touches a device: every host of the job
             sharding.initialize(True)
         with signals.graceful_stop():
-            status = (scaling_sweep.run_from_config(config, log=_log)
-                      if config.get("kind") == "scaling" else run_mad(config))
+            if config.get("kind") == "scaling":
+                status = scaling_sweep.run_from_config(config, log=_log)
+            elif config.get("kind") == "search":
+                from mad_jax import search
+                status = search.run_from_config(config, log=_log)
+            else:
+                status = run_mad(config)
     except (SweepError, ProtocolError, sharding.DistributedError) as e:
         _fail(" ".join(str(e).split()))
     except signals.Interrupted as e:
