@@ -104,19 +104,6 @@ def architectures(config) -> dict[str, str]:
     return archs
 
 
-def parse_grid(text: str):
-    """"lr:wd,lr:wd" -> ((lr, wd), ...); "" -> None (the preset's grid)."""
-    if not text:
-        return None
-    try:
-        grid = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(","))
-    except ValueError:
-        grid = ()
-    if not grid or any(len(g) != 2 for g in grid):
-        raise SweepError(f"grid must look like '1e-4:0,1e-3:0.1', got {text!r}")
-    return grid
-
-
 def make_model_fn(layers: str, *, dim: int, norm: str):
     """model_fn(task, vocab_size, max_length) for a registered-layer hybrid (backbone per task)."""
     from mad_jax import models, tasks
@@ -132,6 +119,7 @@ def prepare(config) -> list:
     before anything trains or is written. Raises SweepError or ProtocolError (one line)."""
     from mad_jax import storage
     from mad_jax.protocol.run import prepare as prepare_protocol
+    from mad_jax.protocol.validation import parse_grid
 
     grid = parse_grid(config.grid)
     overrides = dict(config.train.to_dict(), mesh=config.mesh,

@@ -195,7 +195,8 @@ def test_configs():
     assert set(archs) == {"hyena", "mh-hyena", "striped-hyena-attention", "mamba", "attention"}
     assert sweep.architectures(mad.get_config()) == {
         "hyena+swiglu+mh-attention+swiglu": mad.DEFAULT_LAYERS}
-    assert sweep.parse_grid("1e-4:0,1e-3:0.1") == ((1e-4, 0.0), (1e-3, 0.1))
+    from mad_jax.protocol.validation import parse_grid
+    assert parse_grid("1e-4:0,1e-3:0.1") == ((1e-4, 0.0), (1e-3, 0.1))
 
 
 def test_paper_config_variants_and_arch_selection(tmp_path):

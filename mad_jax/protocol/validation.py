@@ -19,6 +19,19 @@ class ProtocolError(ValueError):
     """The protocol cannot start or go on (bad names, unusable out_dir, mismatched workdir)."""
 
 
+def parse_grid(text: str) -> tuple[tuple[float, float], ...] | None:
+    """"lr:wd,lr:wd" (a config field) -> ((lr, wd), ...); "" -> None (the preset's grid)."""
+    if not text:
+        return None
+    try:
+        grid = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(","))
+    except ValueError:
+        grid = ()
+    if not grid or any(len(g) != 2 for g in grid):
+        raise ProtocolError(f"grid must look like '1e-4:0,1e-3:0.1', got {text!r}")
+    return grid
+
+
 def check_grid(grid: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
     """(lr, wd) pairs as floats; ProtocolError for an empty grid, lr <= 0 or wd < 0."""
     out = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mad_jax.protocol.validation import parse_grid
 from mad_jax.search.errors import SearchError
 
 DEFAULT_HYBRID = "hyena swiglu mh-attention swiglu"
@@ -123,16 +124,3 @@ def resolve(preset: str | None = "cpu", **fields: Any) -> SearchConfig:
         elif values.get(field) is not None:
             values[field] = int(values[field])
     return SearchConfig(**values)
-
-
-def parse_grid(text: str):
-    """"lr:wd,lr:wd" -> ((lr, wd), ...); "" -> None (the protocol preset's grid)."""
-    if not text:
-        return None
-    try:
-        grid = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(","))
-    except ValueError:
-        grid = ()
-    if not grid or any(len(g) != 2 for g in grid):
-        raise SearchError(f"grid must look like '1e-3:0,3e-3:0.1', got {text!r}")
-    return grid
