@@ -134,16 +134,22 @@ def pretrain(model: nn.Module, tokens, eval_windows_ExW: np.ndarray, config: Pre
     tx = make_optimizer(b1=config.b1, b2=config.b2, eps=config.eps, grad_clip=config.grad_clip)
     sample_1xL = jnp.zeros((1, config.seq_len), jnp.int32)
 
-    def create(rng):
+    def create(rng, h):  # the run's values are arguments: one compile serves every budget
         params = sharding.unbox(model.init(rng, sample_1xL)["params"])
-        return init_grid_state(params, tx, [(config.learning_rate, config.weight_decay)],
-                               total_steps=config.total_steps, rng=jax.random.key_data(rng),
-                               warmup_steps=config.warmup_steps,
-                               min_learning_rate=config.learning_rate
-                               * config.min_learning_rate_ratio)
+        return init_grid_state(params, tx, [(h["learning_rate"], h["weight_decay"])],
+                               total_steps=h["total_steps"], rng=jax.random.key_data(rng),
+                               warmup_steps=h["warmup_steps"],
+                               min_learning_rate=h["min_learning_rate"])
 
-    fresh, state_sh = loop.create_state(part, create, jax.random.key(config.seed),
-                                        params_specs=sharding.param_specs(model, sample_1xL))
+    hparams = {"learning_rate": jnp.float32(config.learning_rate),
+               "weight_decay": jnp.float32(config.weight_decay),
+               "total_steps": jnp.int32(config.total_steps),
+               "warmup_steps": jnp.int32(config.warmup_steps),
+               "min_learning_rate": jnp.float32(config.learning_rate
+                                                * config.min_learning_rate_ratio)}
+    fresh, state_sh = loop.create_state(part, create, jax.random.key(config.seed), hparams,
+                                        params_specs=sharding.param_specs(model, sample_1xL),
+                                        key=("pretrain", model, tx, config.seq_len))
     fingerprint = {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in _NOT_IN_FINGERPRINT}
     fingerprint["model"] = hashlib.sha1(repr(model).encode()).hexdigest()[:16]

@@ -38,6 +38,7 @@ from mad_jax.training.steps import make_eval_step, make_train_step
 STATE_FORMAT = 2
 _MAX_PROGRAMS = 16
 _PROGRAMS: "collections.OrderedDict[tuple, Programs]" = collections.OrderedDict()
+_CREATORS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
 
 def make_partitioner(mesh: str, *, group_size: int, batch_sizes: Mapping[str, int],
@@ -70,11 +71,27 @@ def make_partitioner(mesh: str, *, group_size: int, batch_sizes: Mapping[str, in
     return part
 
 
-def create_state(part, create_fn: Callable, *args, params_specs) -> tuple[GridState, Any]:
+def create_state(part, create_fn: Callable, *args, params_specs,
+                 key: Any = None) -> tuple[GridState, Any]:
     """(grid state, its shardings): `create_fn(*args) -> GridState` run under jit with every
-    array created in its sharding (runs over the mesh's sweep axis)."""
-    sharded_create, shardings = part.init_fn(create_fn, *args, params_specs=params_specs,
-                                             sweep=True)
+    array created in its sharding (runs over the mesh's sweep axis).
+
+    key: everything `create_fn` computes from besides its arguments (hashable: the model, the
+    optimizer, static flags). With a key, the sharded create is compiled once per key, mesh and
+    argument shapes, and reused by later calls (a sweep's settings, a ladder's budgets).
+    """
+    if key is None:
+        sharded_create, shardings = part.init_fn(create_fn, *args, params_specs=params_specs,
+                                                 sweep=True)
+        return sharded_create(*args), shardings
+    full_key = (key, part.mesh, part.rules, jax.tree.structure(args),
+                tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
+    if full_key not in _CREATORS:
+        _CREATORS[full_key] = part.init_fn(create_fn, *args, params_specs=params_specs,
+                                           sweep=True)
+        if len(_CREATORS) > _MAX_PROGRAMS:
+            _CREATORS.popitem(last=False)
+    sharded_create, shardings = _CREATORS[full_key]
     return sharded_create(*args), shardings
 
 

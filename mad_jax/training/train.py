@@ -10,6 +10,7 @@ checkpointed so a killed run resumes to the same result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -143,6 +144,23 @@ def _fingerprint(model, cfg: TrainConfig, n_params: int, data: Sequence[_Data]) 
     return json.loads(json.dumps(record))  # tuples -> lists, as stored in JSON
 
 
+def _create_grid(part, tx, params, rng, stacked: bool, runs, *, totals, decay_every,
+                 min_learning_rate: float, params_specs):
+    """(grid state, shardings) of `runs` ((lr, wd, seed) each) created through the partitioner;
+    the run values are arguments, so one compiled create serves every setting of a shape."""
+    def create(params, rng, lrs, wds, totals, decay_every):
+        return init_grid_state(sharding.unbox(params), tx, list(zip(lrs, wds)),
+                               total_steps=totals, rng=rng, decay_every_steps=decay_every,
+                               min_learning_rate=min_learning_rate, stacked=stacked)
+
+    as_array = lambda values, dtype: jnp.asarray(values, dtype)  # noqa: E731
+    return loop.create_state(
+        part, create, params, rng, as_array([r[0] for r in runs], jnp.float32),
+        as_array([r[1] for r in runs], jnp.float32), as_array(totals, jnp.int32),
+        as_array(decay_every, jnp.int32), params_specs=params_specs,
+        key=("mad-grid", tx, stacked, float(min_learning_rate)))
+
+
 def _start_state(group_runs, inits):
     """(params, rng, stacked): shared by the runs (one seed) or stacked per run (a seed axis)."""
     seeds = {seed for *_, seed in group_runs}
@@ -197,17 +215,12 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
             ckpt_dir = local_checkpoint_dir(storage.join(out_dir, "checkpoints"))
             if len(groups) > 1:
                 ckpt_dir = os.path.join(ckpt_dir, names[0])
-        params, rng, stacked = _start_state(group_runs, inits)
-
-        def create_grid(params, rng, grid=tuple((lr, wd) for lr, wd, _ in group_runs),
-                        stacked=stacked):
-            return init_grid_state(sharding.unbox(params), tx, grid, total_steps=data.total,
-                                   rng=rng, decay_every_steps=data.decay_every,
-                                   min_learning_rate=cfg.min_learning_rate, stacked=stacked)
-
+        create = functools.partial(
+            _create_grid, part, tx, *_start_state(group_runs, inits), group_runs,
+            totals=[data.total] * len(group), decay_every=[data.decay_every] * len(group),
+            min_learning_rate=cfg.min_learning_rate, params_specs=specs)
         group_results = _train_group(
-            group_runs, lambda: loop.create_state(part, create_grid, params, rng,
-                                                  params_specs=specs),
+            group_runs, create,
             model, tx, part, eval_sets=data.eval_sets, batch_fn=data.batch_fn, cfg=cfg,
             totals=np.full(len(group), data.total), eval_every=np.full(len(group), data.eval_every),
             ckpt_every=data.ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir, names=names,
@@ -261,13 +274,10 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
     folders = list(setting_names or [f"setting_{d}" for d in range(len(data))])
     names = [storage.join(folders[d], name) for d, name in
              zip(owner, _run_names([r[1:] for r in runs], seed_axis))]
-    params, rng, stacked = _start_state(runs, inits)
-
-    def create_grid(params, rng):
-        return init_grid_state(sharding.unbox(params), tx, [(lr, wd) for _, lr, wd, _ in runs],
-                               total_steps=[data[d].total for d in owner], rng=rng,
-                               decay_every_steps=[data[d].decay_every for d in owner],
-                               min_learning_rate=cfg.min_learning_rate, stacked=stacked)
+    create = functools.partial(
+        _create_grid, part, tx, *_start_state(runs, inits), [r[1:] for r in runs],
+        totals=[data[d].total for d in owner], decay_every=[data[d].decay_every for d in owner],
+        min_learning_rate=cfg.min_learning_rate, params_specs=sharding.param_specs(model, sample))
 
     def batch_fn(start: int):  # each run's batch from its own setting's stream: [R, B, L]
         streams = [d.batch_fn(start) for d in data]
@@ -278,9 +288,7 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
     eval_sets = {name: tuple(np.stack([data[d].eval_sets[name][j] for d in owner], axis=1)
                              for j in (0, 1)) for name in data[0].eval_sets}
     out = _train_group(
-        [r[1:] for r in runs], lambda: loop.create_state(part, create_grid, params, rng,
-                                                         params_specs=sharding.param_specs(
-                                                             model, sample)),
+        [r[1:] for r in runs], create,
         model, tx, part, eval_sets=eval_sets, batch_fn=batch_fn, cfg=cfg,
         totals=np.array([data[d].total for d in owner]),
         eval_every=np.array([data[d].eval_every for d in owner]),
