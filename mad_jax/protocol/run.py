@@ -289,6 +289,11 @@ def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: fl
     preset_grid = tuple(preset.grid or DEFAULT_GRID)
     grid_note = "" if grid == preset_grid else f"; grid {[list(g) for g in grid]} given"
     seeds_note = f" x {checked.seeds} seeds" if checked.seeds > 1 else ""
+    preset_train = train_identity(train_config(preset, seed=checked.seed))
+    changed = {k: v for k, v in train_identity(cfg).items()
+               if k != "seeds" and preset_train.get(k) != v}
+    if changed:  # the description is the preset's budget: say what overrides it
+        grid_note += "; overridden: " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
     log(f"MAD protocol, preset '{preset.name}' ({preset.description}{grid_note}); arch '{arch}'; "
         f"{len(checked.settings)} settings x {len(grid)} runs{seeds_note} -> {out_dir}")
     t_start = time.time()
