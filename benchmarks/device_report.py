@@ -440,6 +440,7 @@ def parse_args(argv=None):
         args.kernel_dtypes, args.n_state, args.head_dim = "float32", 4, 16
         args.kernel_repeats, args.kernel_warmup = 1, 0
         args.dim, args.num_heads, args.batch_size, args.seq_len = 16, 2, 8, 32
+        args.layers = "mh-attention swiglu"  # one sequence mixer: every mode, compiled fast
         args.mfu_params, args.mfu_spec, args.mfu_vocab = 2e4, "smoke", 64
         args.mfu_batch, args.mfu_seq_len, args.mfu_steps = 2, 32, 2
         args.matmul_sizes = "128"

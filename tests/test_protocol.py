@@ -428,13 +428,15 @@ def test_select_on_validation_end_to_end(tmp_path):
 
 
 def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
-    """pack=True trains compression's five settings of vocabulary 16 and length 32 (the
-    baseline and its training-set sizes, capped here) in one program: the same rows as one by
-    one, up to float rounding of sums; a second run trains nothing. (Packed runs of different
-    budgets: tests/test_training.py.)"""
+    """pack=True trains compression's settings of vocabulary 16 and length 32 (the baseline and
+    two training-set sizes, capped here) in one program and the vocabulary-32 one alone: the
+    same rows as one by one, up to float rounding of sums; a second run trains nothing. (Packed
+    runs of different budgets: tests/test_training.py.)"""
     from mad_jax.protocol.presets import Preset
 
-    preset = Preset("tiny-all", "every setting, a few steps", settings="all",
+    preset = Preset("tiny-sizes", "three settings of one shape, a few steps",
+                    settings=("baseline", "vocab_size=32", "num_train_examples=1600",
+                              "num_train_examples=800"),
                     train={"train_epochs": 2, "batch_size": 8, "max_train_examples": 32,
                            "max_test_examples": 16, "eval_every_epochs": 1,
                            "log_every_steps": 2}, grid=((3e-3, 0.0),))
@@ -446,11 +448,11 @@ def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
     messages = []
     packed = run(tmp_path / "packed", True, messages.append)
     alone = run(tmp_path / "alone", False)
-    assert any("5 settings packed" in m for m in messages), messages
+    assert any("3 settings packed" in m for m in messages), messages
     key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
     a = packed.sort_values(key).reset_index(drop=True)
     b = alone.sort_values(key).reset_index(drop=True)
-    assert len(a) == len(b) == 11 and (a[key] == b[key]).all().all()
+    assert len(a) == len(b) == 4 and (a[key] == b[key]).all().all()
     cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
     np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
                                atol=1e-5)
@@ -458,4 +460,14 @@ def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
     assert (a[steps] == b[steps]).all().all()
     messages.clear()
     run(tmp_path / "packed", True, messages.append)
-    assert sum("done, skipped" in m for m in messages) == 11
+    assert sum("done, skipped" in m for m in messages) == 4
+
+
+def test_a_preset_naming_no_setting_of_a_task_is_one_line(tmp_path):
+    from mad_jax.protocol.presets import Preset
+
+    preset = Preset("named", "two named settings", settings=("vocab_size=9999",), train={})
+    with pytest.raises(protocol.ProtocolError, match="names no setting of compression"):
+        protocol.run(tiny_model_fn, str(tmp_path / "w"), tasks=["compression"], preset=preset,
+                     log=lambda s: None)
+    assert not (tmp_path / "w").exists()

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 class Preset:
     name: str
     description: str
-    settings: str                 # "all": the 66-setting grid; "baseline": each task's baseline
+    settings: str | tuple[str, ...]  # "all": the 66-setting grid; "baseline": each task's
+                                     # baseline; or setting names (tasks.setting_name)
     train: Mapping[str, Any]      # TrainConfig fields that differ from its defaults
     grid: tuple[tuple[float, float], ...] | None = None   # (lr, wd) runs; None: the protocol's 6
 

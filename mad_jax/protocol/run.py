@@ -82,9 +82,19 @@ def plan(tasks: Sequence[str], preset: Preset) -> list[tuple[str, dict, str]]:
 
     out = []
     for task in tasks:
-        all_settings = tasks_lib.settings(task)
-        chosen = all_settings if preset.settings == "all" else all_settings[:1]
-        out.extend((task, s, tasks_lib.setting_name(task, s)) for s in chosen)
+        named = [(s, tasks_lib.setting_name(task, s)) for s in tasks_lib.settings(task)]
+        if preset.settings == "all":
+            chosen = named
+        elif preset.settings == "baseline":
+            chosen = named[:1]
+        else:  # setting names, e.g. ("baseline", "vocab_size=128"): those a task has
+            chosen = [(s, name) for s, name in named if name in preset.settings]
+            if not chosen:
+                raise ProtocolError(
+                    f"preset {preset.name!r} names no setting of {task} "
+                    f"({', '.join(preset.settings)}); its settings: "
+                    f"{', '.join(name for _, name in named)}")
+        out.extend((task, s, name) for s, name in chosen)
     return out
 
 

@@ -148,7 +148,7 @@ def pretrain(model: nn.Module, tokens, eval_windows_ExW: np.ndarray, config: Pre
                "min_learning_rate": jnp.float32(config.learning_rate
                                                 * config.min_learning_rate_ratio)}
     fresh, state_sh = loop.create_state(part, create, jax.random.key(config.seed), hparams,
-                                        params_specs=sharding.param_specs(model, sample_1xL),
+                                        params_specs=lambda: sharding.param_specs(model, sample_1xL),
                                         key=("pretrain", model, tx, config.seq_len))
     fingerprint = {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in _NOT_IN_FINGERPRINT}

@@ -76,19 +76,23 @@ def create_state(part, create_fn: Callable, *args, params_specs,
     """(grid state, its shardings): `create_fn(*args) -> GridState` run under jit with every
     array created in its sharding (runs over the mesh's sweep axis).
 
+    params_specs: the parameters' logical specs (`sharding.param_specs`), or a function giving
+      them, called only when the create has to be compiled (it traces the model).
     key: everything `create_fn` computes from besides its arguments (hashable: the model, the
     optimizer, static flags). With a key, the sharded create is compiled once per key, mesh and
     argument shapes, and reused by later calls (a sweep's settings, a ladder's budgets).
     """
+    def compile_create():
+        specs = params_specs() if callable(params_specs) else params_specs
+        return part.init_fn(create_fn, *args, params_specs=specs, sweep=True)
+
     if key is None:
-        sharded_create, shardings = part.init_fn(create_fn, *args, params_specs=params_specs,
-                                                 sweep=True)
+        sharded_create, shardings = compile_create()
         return sharded_create(*args), shardings
     full_key = (key, part.mesh, part.rules, jax.tree.structure(args),
                 tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
     if full_key not in _CREATORS:
-        _CREATORS[full_key] = part.init_fn(create_fn, *args, params_specs=params_specs,
-                                           sweep=True)
+        _CREATORS[full_key] = compile_create()
         if len(_CREATORS) > _MAX_PROGRAMS:
             _CREATORS.popitem(last=False)
     sharded_create, shardings = _CREATORS[full_key]

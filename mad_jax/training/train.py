@@ -145,7 +145,7 @@ def _fingerprint(model, cfg: TrainConfig, n_params: int, data: Sequence[_Data]) 
 
 
 def _create_grid(part, tx, params, rng, stacked: bool, runs, *, totals, decay_every,
-                 min_learning_rate: float, params_specs):
+                 min_learning_rate: float, model, params_specs):
     """(grid state, shardings) of `runs` ((lr, wd, seed) each) created through the partitioner;
     the run values are arguments, so one compiled create serves every setting of a shape."""
     def create(params, rng, lrs, wds, totals, decay_every):
@@ -158,7 +158,7 @@ def _create_grid(part, tx, params, rng, stacked: bool, runs, *, totals, decay_ev
         part, create, params, rng, as_array([r[0] for r in runs], jnp.float32),
         as_array([r[1] for r in runs], jnp.float32), as_array(totals, jnp.int32),
         as_array(decay_every, jnp.int32), params_specs=params_specs,
-        key=("mad-grid", tx, stacked, float(min_learning_rate)))
+        key=("mad-grid", model, tx, stacked, float(min_learning_rate)))
 
 
 def _start_state(group_runs, inits):
@@ -200,7 +200,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
     runs = cfg.seeded_runs
     part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
     fingerprint = _fingerprint(model, cfg, n_params, [data])
-    specs = sharding.param_specs(model, sample)
+    specs = functools.partial(sharding.param_specs, model, sample)  # traced only if needed
     seed_axis = cfg.seeds is not None  # run names carry their seed
     if cfg.vmap or len(runs) == 1:
         groups, vmapped = [list(range(len(runs)))], cfg.vmap
@@ -218,7 +218,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
         create = functools.partial(
             _create_grid, part, tx, *_start_state(group_runs, inits), group_runs,
             totals=[data.total] * len(group), decay_every=[data.decay_every] * len(group),
-            min_learning_rate=cfg.min_learning_rate, params_specs=specs)
+            min_learning_rate=cfg.min_learning_rate, model=model, params_specs=specs)
         group_results = _train_group(
             group_runs, create,
             model, tx, part, eval_sets=data.eval_sets, batch_fn=data.batch_fn, cfg=cfg,
@@ -277,7 +277,8 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
     create = functools.partial(
         _create_grid, part, tx, *_start_state(runs, inits), [r[1:] for r in runs],
         totals=[data[d].total for d in owner], decay_every=[data[d].decay_every for d in owner],
-        min_learning_rate=cfg.min_learning_rate, params_specs=sharding.param_specs(model, sample))
+        min_learning_rate=cfg.min_learning_rate, model=model,
+        params_specs=functools.partial(sharding.param_specs, model, sample))
 
     def batch_fn(start: int):  # each run's batch from its own setting's stream: [R, B, L]
         streams = [d.batch_fn(start) for d in data]
