@@ -20,7 +20,7 @@ import numpy as np
 
 from mad_jax import storage, training
 from mad_jax.scaling import ladders
-from mad_jax.scaling.pretrain import PretrainConfig, pretrain
+from mad_jax.scaling.pretrain import PRETRAIN_VERSION, PretrainConfig, pretrain
 
 RESULT_COLUMNS = (
     "name", "family", "budget", "params", "target_params", "dim", "depth", "num_heads", "layers",
@@ -59,7 +59,8 @@ class PlannedRun:
         return {"name": self.name, "family": self.family, "budget": self.budget,
                 **self.rung.to_dict(), "seq_len": self.seq_len, "global_batch": self.global_batch,
                 "steps": self.steps, "tokens": self.tokens,
-                "flops_per_token": self.flops_per_token, "flops": self.flops}
+                "flops_per_token": self.flops_per_token, "flops": self.flops,
+                "pretrain_version": PRETRAIN_VERSION}
 
 
 @dataclasses.dataclass(frozen=True)

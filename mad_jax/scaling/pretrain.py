@@ -31,6 +31,9 @@ from mad_jax.training import loop
 from mad_jax.training.hparam_grid import init_grid_state
 from mad_jax.training.optimizer import make_optimizer, warmup_cosine  # noqa: F401 - re-exported
 
+# Bump when what a run computes or reports changes, so a resumed sweep trains older runs again
+# (2: the eval scores every window, a loss-curve point is the mean since the previous one).
+PRETRAIN_VERSION = 2
 # Fields that do not change what a run computes: a checkpoint stays valid when they change.
 _NOT_IN_FINGERPRINT = ("log_every_steps", "checkpoint_every_steps", "eval_every_steps")
 

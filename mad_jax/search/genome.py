@@ -121,5 +121,5 @@ def parse_scalar(text: str) -> Any:
         try:
             return kind(text)
         except ValueError:
-            pass
+            continue  # not this kind: try the next
     return text
