@@ -131,7 +131,7 @@ def prepare(config) -> list:
         preset=config.preset, arch=name, seed=config.seed, seeds=config.get("seeds", 1),
         train_overrides=overrides, retry_failed=config.get("retry_failed", True),
         on_change=config.get("on_change", "error"), cache_dir=cache_dir,
-        pack=config.get("pack", False))
+        pack=config.get("pack", False), pack_max_runs=config.get("pack_max_runs", 0) or None)
         for name, layers in architectures(config).items()]
 
 

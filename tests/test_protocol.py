@@ -471,3 +471,72 @@ def test_a_preset_naming_no_setting_of_a_task_is_one_line(tmp_path):
         protocol.run(tiny_model_fn, str(tmp_path / "w"), tasks=["compression"], preset=preset,
                      log=lambda s: None)
     assert not (tmp_path / "w").exists()
+
+
+# --- packed programs bounded by memory or pack_max_runs ---
+
+def test_pack_size_grows_with_params_batch_and_length_and_fits_at_least_one_run():
+    from mad_jax.protocol import pack_size
+
+    def size(dim=16, batch_size=8, seq_len=32):
+        model = models.build("swiglu", vocab_size=16, max_length=64, dim=dim)
+        return pack_size.run_bytes(model, batch_size=batch_size, seq_len=seq_len)
+
+    base = size()
+    wider, larger_batch, longer = size(dim=32), size(batch_size=16), size(seq_len=64)
+    assert wider.params > base.params and wider.state == 16 * wider.params
+    assert wider.total > base.total
+    assert larger_batch.activations > base.activations and larger_batch.state == base.state
+    assert longer.activations > base.activations
+    model = models.build("swiglu", vocab_size=16, max_length=64, dim=16)
+    assert pack_size.max_runs(model, batch_size=8, seq_len=32, memory_bytes=1)[0] == 1
+    runs, reason = pack_size.max_runs(model, batch_size=8, seq_len=32,
+                                      memory_bytes=10 * base.total + 1)
+    assert runs == 10 and "memory bound" in reason
+    limit, source = pack_size.memory_limit()
+    assert limit > 0 and "GiB" in source
+
+
+def test_pack_max_runs_splits_a_batch_of_settings_into_programs_with_the_same_rows(tmp_path):
+    """Three compression settings of one shape, one run each: pack_max_runs=2 trains them as a
+    program of two and one alone, with the rows of the unbounded pack (one program of three)."""
+    from mad_jax.protocol.presets import Preset
+
+    preset = Preset("tiny-sizes", "three settings of one shape, a few steps",
+                    settings=("baseline", "num_train_examples=1600", "num_train_examples=800"),
+                    train={"train_epochs": 2, "batch_size": 8, "max_train_examples": 32,
+                           "max_test_examples": 16, "eval_every_epochs": 1,
+                           "log_every_steps": 2}, grid=((3e-3, 0.0),))
+
+    def run(out, log, **kw):
+        return protocol.run(tiny_model_fn, str(out), tasks=["compression"], preset=preset,
+                            arch="tiny", pack=True, log=log, **kw)
+
+    bounded_log, unbounded_log = [], []
+    bounded = run(tmp_path / "bounded", bounded_log.append, pack_max_runs=2)
+    unbounded = run(tmp_path / "unbounded", unbounded_log.append)
+    assert any("3 settings of equal shapes in 2 programs of at most 2 runs (pack_max_runs=2)"
+               in m for m in bounded_log), bounded_log
+    assert any("2 settings packed" in m for m in bounded_log), bounded_log
+    assert any("3 settings packed" in m for m in unbounded_log), unbounded_log
+    key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
+    a = bounded.sort_values(key).reset_index(drop=True)
+    b = unbounded.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) == 3 and (a[key] == b[key]).all().all()
+    cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
+                               atol=1e-5)
+    assert (a[["steps", "total_steps", "best_step"]] == b[["steps", "total_steps",
+                                                          "best_step"]]).all().all()
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, "4", True])
+def test_a_bad_pack_max_runs_is_one_line(tmp_path, value):
+    with pytest.raises(ValueError, match="pack_max_runs must be a positive int") as e:
+        protocol.prepare(tiny_model_fn, str(tmp_path / "w"), tasks=[TASK], preset="smoke",
+                         pack=True, pack_max_runs=value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="set pack=True"):
+        protocol.prepare(tiny_model_fn, str(tmp_path / "w"), tasks=[TASK], preset="smoke",
+                         pack_max_runs=4)
+    assert not (tmp_path / "w").exists()

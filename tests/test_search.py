@@ -3,6 +3,8 @@ the search loop with a cheap evaluator computed from the genome (determinism, de
 constraints, bad input, the report, the config file)."""
 import json
 import os
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,36 @@ class FakeEvaluator:
         attention = sum(layer == "mh-attention" for layer in genome.layers)
         nudge = sum(len(str(v)) for _, values in genome.configs for _, v in values) / 100
         return {"score": min(1.0, 0.2 + 0.3 * attention + nudge), "tasks": {"fake": 0.5}}
+
+
+class DeviceRecordingEvaluator(FakeEvaluator):
+    """The fake score, plus where each call ran: the default device, the device an array lands
+    on, the device of the training loop's one-device mesh; and the most calls at once.
+    `fail_on`: a genome key whose evaluation raises RuntimeError."""
+
+    def __init__(self, fail_on=None, wait_s=0.02):
+        super().__init__()
+        self.fail_on, self.wait_s = fail_on, wait_s
+        self.placements, self.running, self.most_at_once = [], 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, genome, out_dir):
+        from mad_jax.training.loop import make_partitioner
+
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.wait_s)  # long enough for the other workers to start
+            mesh = make_partitioner("", group_size=1, batch_sizes={}).mesh
+            self.placements.append((jax.config.jax_default_device,
+                                    next(iter(jnp.zeros(()).devices())), mesh.devices.flat[0]))
+            if genome.key == self.fail_on:
+                raise RuntimeError(f"evaluation of {genome.key} failed")
+            return super().__call__(genome, out_dir)
+        finally:
+            with self.lock:
+                self.running -= 1
 
 
 def run_small(workdir, evaluate, **kw):
@@ -156,6 +188,9 @@ def test_costs_match_the_built_model():
     (dict(baseline="hyena swiglu nope swiglu"), "baseline 'hyena swiglu nope swiglu': unknown"),
     (dict(mixers="mamba,nope"), "unknown layer(s) 'nope' in mixers"),
     (dict(choices="mamba.d_state"), "choices must look like"),
+    (dict(parallel=9), "parallel=9 trains each genome on its own device, but this process has 8"),
+    (dict(parallel="many"), "parallel must be an integer >= 0 or 'auto', got 'many'"),
+    (dict(parallel=2, train={"mesh": "auto"}), "leave train.mesh empty"),
 ])
 def test_bad_input_stops_before_any_evaluation(tmp_path, fields, message):
     evaluate = FakeEvaluator()
@@ -226,6 +261,67 @@ def test_a_killed_search_resumes_to_the_same_history(tmp_path):
     assert len(history(tmp_path / "killed")) == 5 and len(more.calls) == 4
 
 
+def stored(workdir):
+    """What a search wrote: search.json without its timestamps, and every genome.json."""
+    with open(os.path.join(workdir, "search.json")) as f:
+        state = json.load(f)
+    for entry in state["history"]:
+        entry.pop("finished_at")
+    records = {}
+    for key in os.listdir(os.path.join(workdir, "genomes")):
+        path = os.path.join(workdir, "genomes", key, "genome.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                records[key] = json.load(f)
+    return state, records
+
+
+def progress_lines(messages):
+    """The search's per-genome lines up to their timing: where, which genome, score, costs."""
+    return [m.split(" (")[0] for m in messages if m.startswith("[")]
+
+
+def test_parallel_search_writes_what_the_sequential_one_writes(tmp_path):
+    sequential, parallel = FakeEvaluator(), DeviceRecordingEvaluator()
+    logs = {"seq": [], "par": []}
+    one = run_small(tmp_path / "seq", sequential, log=logs["seq"].append)
+    four = run_small(tmp_path / "par", parallel, parallel=4, log=logs["par"].append)
+    assert history(tmp_path / "par") == history(tmp_path / "seq")
+    assert four.records == one.records and four.history[0]["best"] == one.history[0]["best"]
+    assert stored(tmp_path / "par") == stored(tmp_path / "seq")
+    assert progress_lines(logs["par"]) == progress_lines(logs["seq"])
+    assert sorted(parallel.calls) == sorted(sequential.calls)  # each genome once
+    # every call trained on its own default device, the one-device mesh included
+    workers = jax.local_devices()[:4]
+    assert all(default == placed == meshed and default in workers
+               for default, placed, meshed in parallel.placements)
+    assert len({p[0] for p in parallel.placements}) == 4 and parallel.most_at_once > 1
+    assert jax.config.jax_default_device is None
+    # resumed with parallel=1: everything is stored already
+    again = FakeEvaluator()
+    assert run_small(tmp_path / "par", again).evaluator_calls == 0 and again.calls == []
+
+
+def test_a_failing_parallel_evaluation_stops_the_search_like_a_sequential_one(tmp_path):
+    whole = FakeEvaluator()
+    run_small(tmp_path / "whole", whole)
+    gen1 = whole.calls[5:9]  # the baseline and 4 genomes, then generation 1's offspring
+    failing = gen1[1]
+    for name, parallel in (("seq", 1), ("par", 4)):
+        with pytest.raises(RuntimeError, match=f"evaluation of {failing} failed"):
+            run_small(tmp_path / name, DeviceRecordingEvaluator(fail_on=failing, wait_s=0),
+                      parallel=parallel)
+        assert len(history(tmp_path / name)) == 1  # generation 0 only
+    # sequentially, what came before; in parallel, the other running workers' genomes too
+    assert set(stored(tmp_path / "seq")[1]) == set(whole.calls[:6])
+    assert set(stored(tmp_path / "par")[1]) == set(whole.calls[:9]) - {failing}
+    for name in ("seq", "par"):  # resumed in parallel: the same search, nothing trained twice
+        before, resumed = set(stored(tmp_path / name)[1]), FakeEvaluator()
+        run_small(tmp_path / name, resumed, parallel=4)
+        assert stored(tmp_path / name) == stored(tmp_path / "whole")
+        assert failing in resumed.calls and not before & set(resumed.calls)
+
+
 def test_a_workdir_holding_another_search_is_refused(tmp_path):
     run_small(tmp_path, FakeEvaluator(), generations=0)
     evaluate = FakeEvaluator()
@@ -239,10 +335,12 @@ def test_a_workdir_holding_another_search_is_refused(tmp_path):
 def test_config_file_and_run_from_config(tmp_path, capsys):
     from experiments.configs import search as search_config
 
-    config = search_config.get_config(f"cpu,population=3,workdir={tmp_path},print_config=true")
+    config = search_config.get_config(
+        f"cpu,population=3,parallel=2,workdir={tmp_path},print_config=true")
     assert search.run_from_config(config) == 0
     printed = capsys.readouterr().out
     assert "population: 3" in printed and "generations: 2" in printed
+    assert "parallel: 2\n" in printed
     config = search_config.get_config(f"preset=cpu,mixers=mamba,nope,workdir={tmp_path}")
     assert search.run_from_config(config) == 1
     err = capsys.readouterr().err.strip()

@@ -40,6 +40,7 @@ def base_config() -> config_dict.ConfigDict:
     c.on_change = "error"         # a finished run whose model/training/metric changed: error | rerun
     c.progress_every_s = 10.0     # at most one progress line per this many seconds
     c.pack = False                # train a task's settings of equal shapes in one program
+    c.pack_max_runs = 0           # the most runs in one packed program; 0 = as memory allows
     # Devices (README: "TPU VMs and pod slices"). mesh "" trains on one device; "auto" spreads
     # each grid's runs over the devices (sweep axis) and uses the rest data parallel; or axis
     # sizes, e.g. "sweep:2,data:4" (mad_jax.sharding).

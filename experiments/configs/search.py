@@ -6,6 +6,7 @@ against the MAD proxy score, state size and parameters, under analytic budgets.
         --config.workdir=/tmp/search
     python -m experiments.sweep --config=experiments/configs/search.py:full \
         --config.max_state=40000 --config.mixers=mh-attention,hyena,mamba2
+    python -m experiments.sweep --config=experiments/configs/search.py:full,parallel=auto
 
 Presets (mad_jax/search/presets.py):
   cpu   about 30 minutes on 2 CPU cores: mh-attention, hyena, mamba with SwiGLU, 1-2 blocks at
@@ -18,6 +19,8 @@ Fields left as placeholders (None) take the preset's value, then SearchConfig's 
 fields add to the preset's training overrides (TrainConfig). The workdir: search.json (state),
 genomes/<key>/ (each genome's genome.json and protocol results), report.md, genomes.csv,
 plots/. Running the same command again resumes, and trains nothing once the search is done.
+`parallel` trains that many genomes of a generation at once, each on its own local device
+("auto": all of them); the results are the same as one after another.
 `--config.print_config=true` prints the resolved settings and stops. The config argument:
 experiments/configs/args.py.
 """
@@ -65,6 +68,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.crossover_prob = _ph(float)
     c.baseline = _ph(str)         # genome evaluated for comparison; "" = none
     c.progress_every_s = _ph(float)
+    c.parallel = _ph(str)         # genomes trained at once, one local device each: 1 | n | auto
     c.report = True
     c.print_config = False        # print the resolved settings and stop
     return args.apply_arg(c, arg)

@@ -23,7 +23,9 @@ mid-way resumes from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
 import os
 import time
 import traceback
@@ -31,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from mad_jax.protocol import fingerprint, results_table, validation
+from mad_jax.protocol import fingerprint, pack_size, results_table, validation
 from mad_jax.protocol.validation import ProtocolError
 from mad_jax.protocol.presets import Preset, get_preset
 from mad_jax.protocol.progress import Progress, format_duration
@@ -185,6 +187,7 @@ class ProtocolRun:
     on_change: str
     cache_dir: str | None
     pack: bool = False
+    pack_max_runs: int | None = None  # runs per packed program; None: as many as memory holds
 
 
 def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None = None,
@@ -192,7 +195,7 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
         arch: str | None = None, seed: int = 0, seeds: int = 1,
         train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
         on_change: str = "error", cache_dir: str | None = None, pack: bool = False,
-        progress: bool = True, progress_every_s: float = 10.0,
+        pack_max_runs: int | None = None, progress: bool = True, progress_every_s: float = 10.0,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Runs the MAD protocol for one architecture and returns the results table (one row per run).
 
@@ -218,13 +221,17 @@ def run(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | None =
       (`training.fit_packed`): each run keeps its own data, schedule, evaluation points and early
       stop, so results equal the settings trained one by one up to float rounding of sums.
       Faster on accelerators, where one setting's runs leave the device idle.
+    pack_max_runs: the most runs one packed program holds; None (default): as many as the
+      device's memory holds (`pack_size.max_runs`, from the model's parameter and activation
+      bytes). Larger batches of equal shapes train in several programs of whole settings (a
+      setting's grid x seeds runs are never split).
     progress: print progress lines, at most one per `progress_every_s` seconds per setting.
     Everything is checked before anything is written (`prepare`); then `execute` runs it.
     """
     checked = prepare(model_fn, out_dir, tasks=tasks, grid=grid, preset=preset, arch=arch,
                       seed=seed, seeds=seeds, train_overrides=train_overrides,
                       retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir,
-                      pack=pack)
+                      pack=pack, pack_max_runs=pack_max_runs)
     return execute(checked, progress=progress, progress_every_s=progress_every_s, log=log)
 
 
@@ -233,7 +240,7 @@ def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | No
             arch: str | None = None, seed: int = 0, seeds: int = 1,
             train_overrides: Mapping[str, Any] | None = None, retry_failed: bool = True,
             on_change: str = "error", cache_dir: str | None = None,
-            pack: bool = False) -> ProtocolRun:
+            pack: bool = False, pack_max_runs: int | None = None) -> ProtocolRun:
     """Checks everything `run` takes (its arguments) before anything trains or is written: the
     names, the grid, the seeds, the training config (`train_config`), the mesh against the
     devices, and the architecture on the data of its bounding settings (validation.py).
@@ -246,6 +253,7 @@ def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | No
         if on_change not in ON_CHANGE:
             raise ProtocolError(f"on_change must be one of {', '.join(ON_CHANGE)}, got "
                                 f"{on_change!r}")
+        _check_pack_max_runs(pack_max_runs, pack=pack)
         overrides = dict(train_overrides or {})
         if seeds > 1:
             overrides["seeds"] = tuple(range(seed, seed + seeds))
@@ -261,7 +269,21 @@ def prepare(model_fn: Callable, out_dir: str, *, tasks: Sequence[str] | str | No
                        tasks=tasks, grid=grid, settings=settings, cfg=cfg, seed=seed,
                        seeds=seeds, is_mad=is_mad_protocol(preset, cfg, grid),
                        retry_failed=retry_failed, on_change=on_change, cache_dir=cache_dir,
-                       pack=pack)
+                       pack=pack,
+                       pack_max_runs=None if pack_max_runs is None else int(pack_max_runs))
+
+
+def _check_pack_max_runs(pack_max_runs, *, pack: bool) -> None:
+    if pack_max_runs is None:
+        return
+    if (isinstance(pack_max_runs, bool) or not isinstance(pack_max_runs, numbers.Integral)
+            or pack_max_runs < 1):
+        raise ProtocolError(f"pack_max_runs must be a positive int, got {pack_max_runs!r}: give "
+                            "the most runs one packed program may hold, or None "
+                            "(--config.pack_max_runs=0) for as many as the device's memory holds")
+    if not pack:
+        raise ProtocolError(f"pack_max_runs={pack_max_runs} bounds packed programs: set pack=True "
+                            "(--config.pack=true), or leave pack_max_runs unset")
 
 
 def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: float = 10.0,
@@ -332,7 +354,9 @@ def execute(checked: ProtocolRun, *, progress: bool = True, progress_every_s: fl
                 continue
             pending.append(_Pending(i, task, setting, name, label, data, model, identity,
                                     todo_runs, work[i]))
-        for batch in _packable(pending, full=len(grid) * len(cfg.run_seeds)):
+        for batch in _packable(pending, full=len(grid) * len(cfg.run_seeds),
+                               max_runs=functools.partial(_runs_per_program, checked, cfg),
+                               log=lambda s: log(f"[{arch}] {s}")):
             done = (_run_packed(batch, cfg=cfg, grid=grid, checked=checked, meter=meter, log=log)
                     if len(batch) > 1 else [_run_one(batch[0], cfg=cfg, checked=checked,
                                                      meter=meter, log=log)])
@@ -466,9 +490,13 @@ def _setting_groups(settings, *, pack: bool) -> list[list[int]]:
     return list(groups.values())
 
 
-def _packable(pending: list[_Pending], *, full: int) -> list[list[_Pending]]:
-    """The pending settings as batches: those training every run of the grid with an equal
-    model and equal array shapes together, every other one alone."""
+def _packable(pending: list[_Pending], *, full: int,
+              max_runs: Callable[[list[_Pending]], tuple[int, str]],
+              log: Callable[[str], None]) -> list[list[_Pending]]:
+    """The pending settings as batches: those training every run of the grid (`full` runs each)
+    with an equal model and equal array shapes together, every other one alone. A batch of
+    equal shapes holds at most `max_runs(batch)[0]` runs (whole settings, at least one per
+    batch; `max_runs(batch)[1]` says why); a larger one is split in order, saying so."""
     def shapes(p):
         return tuple(None if a is None else (a[0].shape[1:], len(a[1])) for a in p.data[1:]) + (
             p.data[0][0].shape[1],)
@@ -477,9 +505,27 @@ def _packable(pending: list[_Pending], *, full: int) -> list[list[_Pending]]:
     while together:
         first = together[0]
         same = [p for p in together if p.model == first.model and shapes(p) == shapes(first)]
-        batches.append(same)
+        limit, reason = max_runs(same) if len(same) > 1 else (full, "")
+        per_batch = max(1, limit // full)  # whole settings: a setting's runs stay together
+        split = [same[i:i + per_batch] for i in range(0, len(same), per_batch)]
+        if len(split) > 1:
+            log(f"{first.task}: {len(same)} settings of equal shapes in {len(split)} programs of "
+                f"at most {per_batch * full} runs ({reason})")
+        batches.extend(split)
         together = [p for p in together if p not in same]
     return batches + [[p] for p in rest]
+
+
+def _runs_per_program(checked: ProtocolRun, cfg: TrainConfig,
+                      batch: list[_Pending]) -> tuple[int, str]:
+    """(most runs in one packed program, why): `pack_max_runs`, else what the device's memory
+    holds for the batch's model and shapes (`pack_size.max_runs`)."""
+    if checked.pack_max_runs is not None:
+        return checked.pack_max_runs, f"pack_max_runs={checked.pack_max_runs}"
+    (train_x, _), (test_x, _), validation = batch[0].data
+    eval_examples = len(test_x) + (0 if validation is None else len(validation[0]))
+    return pack_size.max_runs(batch[0].model, batch_size=cfg.batch_size,
+                              seq_len=train_x.shape[1], eval_examples=eval_examples)
 
 
 def _common_row(item: _Pending, cfg: TrainConfig, checked: ProtocolRun) -> dict:

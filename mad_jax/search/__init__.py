@@ -10,7 +10,8 @@ Files: genome.py (the genome and its hash), space.py (per-layer config choices, 
 constraints.py (params / state / FLOPs budgets), nsga.py (selection), variation.py (mutation,
 crossover), evaluate.py (scores through protocol.run), store.py (results and state, resume),
 report.py (front tables and plots), presets.py (SearchConfig, cpu / full), run.py (the loop),
-command.py (`run_from_config` for experiments.sweep).
+parallel.py (a generation's genomes on several devices at once), command.py (`run_from_config`
+for experiments.sweep).
 """
 from mad_jax.search.command import run_from_config
 from mad_jax.search.constraints import Budget, Costs

@@ -37,6 +37,9 @@ class SearchConfig:
     Evaluation: tasks, protocol_preset, grid ("lr:wd,..." or pairs; None: the preset's), train
       (TrainConfig overrides), dim, norm, seed (data, init and the search's draws).
     Evolution: population, generations (after the first population), crossover_prob.
+    parallel: genomes of a generation trained at once, each on its own local device: 1 (one
+      after another), n, or "auto" (or 0: every local device, at most `population`). The same
+      seed gives the same history and store whatever it is; not part of the search's identity.
     baseline: a hybrid string evaluated on the same proxy for comparison ("" for none).
     """
     mixers: tuple[str, ...] = ("mh-attention", "hyena", "mamba")
@@ -61,6 +64,7 @@ class SearchConfig:
     crossover_prob: float = 0.5
     baseline: str = DEFAULT_HYBRID
     progress_every_s: float = 60.0
+    parallel: int | str = 1
 
     def __post_init__(self):
         for field in ("population", "generations"):
@@ -68,6 +72,10 @@ class SearchConfig:
             low = 2 if field == "population" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SearchError(f"{field} must be an integer >= {low}, got {value!r}")
+        value = self.parallel
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 0):
+            raise SearchError(f"parallel must be an integer >= 0 or 'auto', got {value!r}")
         if not 0 <= self.crossover_prob <= 1:
             raise SearchError(f"crossover_prob must be in [0, 1], got {self.crossover_prob!r}")
 
@@ -116,6 +124,8 @@ def resolve(preset: str | None = "cpu", **fields: Any) -> SearchConfig:
     for field in ("mixers", "channels", "tasks"):
         if isinstance(values.get(field), str):
             values[field] = tuple(n.strip() for n in values[field].split(",") if n.strip())
+    if isinstance(values.get("parallel"), str) and values["parallel"].strip().isdigit():
+        values["parallel"] = int(values["parallel"])  # the config file's "4"
     if isinstance(values.get("grid"), str):
         values["grid"] = parse_grid(values["grid"])
     for field in ("max_params", "max_state", "max_flops"):

@@ -10,18 +10,24 @@ scores), and a resumed search redraws a killed generation exactly.
 Resumable: the search state is written after every generation and each genome's record as soon
 as its evaluation finishes (`store.py`), so a killed search, run again, reads back what finished
 and goes on; a finished one trains nothing and writes its report again.
+
+Parallel (`parallel` > 1): a generation's genomes not stored yet train at once, each on its own
+local device (`parallel.py`); their records are written and logged here, in the order and with
+the contents of a sequential search. An evaluation that raises stops the search as it does
+sequentially, once the evaluations already running have finished and been stored.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
 from mad_jax import storage
-from mad_jax.search import constraints, nsga, presets, report as report_lib, variation
+from mad_jax.search import constraints, nsga, parallel, presets, report as report_lib, variation
 from mad_jax.search.constraints import Budget
 from mad_jax.search.errors import SearchError
 from mad_jax.search.evaluate import ProtocolEvaluator
@@ -84,7 +90,8 @@ def run(workdir: str, *, preset: str | None = "cpu", config: presets.SearchConfi
       `fields` override it (e.g. population=4, tasks="in-context-recall,memorization",
       max_params=400_000). config: a SearchConfig to start from instead of a preset.
     evaluate: evaluate(genome, out_dir) -> {"score": float, ...} (default: the MAD proxy
-      through protocol.run, `ProtocolEvaluator`).
+      through protocol.run, `ProtocolEvaluator`); with `parallel` > 1 it is called from worker
+      threads, one per device, under `jax.default_device`.
     Everything is checked before anything trains: the space, the budgets (by drawing genomes),
     the baseline, the tasks, and the workdir's earlier search (SearchError, one line).
     """
@@ -93,11 +100,16 @@ def run(workdir: str, *, preset: str | None = "cpu", config: presets.SearchConfi
     elif fields:
         config = presets.resolve(None, **{**dataclasses.asdict(config), **fields})
     space, budget = build_space(config), build_budget(config)
+    workers = parallel.worker_count(config.parallel, config.population)
+    if workers > 1 and (config.train or {}).get("mesh"):
+        raise SearchError(f"parallel={config.parallel} trains each genome on one device; leave "
+                          "train.mesh empty, or set parallel=1 to train each genome on a mesh")
+    log = _serialized(log)  # workers log their protocol's lines too
     evaluator = evaluate or ProtocolEvaluator(
         tasks=config.tasks, preset=config.protocol_preset, grid=config.grid,
         train=config.train, dim=config.dim, norm=config.norm, seed=config.seed,
         cache_dir=storage.join(workdir, "data"), progress_every_s=config.progress_every_s,
-        log=lambda line: log(f"  {line}"))
+        log=lambda line: log(f"  {parallel.worker_prefix()}{line}"))
     evaluation_identity = getattr(evaluator, "identity", None) or {
         "evaluator": getattr(evaluator, "__qualname__", type(evaluator).__name__)}
     identity = {"format": FORMAT, "space": space.describe(), "budget": budget.describe(),
@@ -110,12 +122,21 @@ def run(workdir: str, *, preset: str | None = "cpu", config: presets.SearchConfi
     constraints.check_feasible(lambda: space.sample(check_rng), budget, tries=FEASIBILITY_TRIES)
     baseline = _baseline(config.baseline, budget)
     loop = _Loop(config, space, budget, evaluator, identity_key(evaluation_identity), store,
-                 identity, state, log)
+                 identity, state, log, workers)
     population = loop.run(baseline)
     result = loop.result(population, baseline)
     if report:
         result.report = report_lib.write_report(workdir, result, config=config, log=log)
     return result
+
+
+def _serialized(log: Callable[[str], None]) -> Callable[[str], None]:
+    lock = threading.Lock()
+
+    def serialized(line: str) -> None:
+        with lock:
+            log(line)
+    return serialized
 
 
 def _baseline(text: str, budget: Budget) -> Genome | None:
@@ -132,10 +153,11 @@ def _baseline(text: str, budget: Budget) -> Genome | None:
 
 
 class _Loop:
-    """One search's evolution over generations, with its evaluations read back or run."""
+    """One search's evolution over generations, with its evaluations read back or run (on
+    `workers` devices at once when more than 1)."""
 
     def __init__(self, config, space, budget, evaluator, evaluation_key, store, identity, state,
-                 log):
+                 log, workers: int = 1):
         self.config, self.space, self.budget, self.evaluator = config, space, budget, evaluator
         self.evaluation_key, self.store, self.log = evaluation_key, store, log
         self.state = state or {"format": FORMAT, "identity": identity, "history": [],
@@ -146,8 +168,21 @@ class _Loop:
         self.done = self.calls = 0
         self.evaluated_s = 0.0
         self.generation = 0
+        self.workers, self.pool = workers, None
 
     def run(self, baseline: Genome | None) -> list[Genome]:
+        if self.workers > 1:
+            self.pool = parallel.DevicePool(self.workers)
+        finished = False
+        try:
+            population = self.evolve(baseline)
+            finished = True
+        finally:
+            if self.pool is not None:  # after an error, the running evaluations finish alone
+                self.pool.close(wait=finished)
+        return population
+
+    def evolve(self, baseline: Genome | None) -> list[Genome]:
         history = self.state["history"]
         if not history:
             self.log(f"search: a space of about {self.space.size():.3g} genomes; population "
@@ -160,15 +195,15 @@ class _Loop:
             self.log(f"search: resuming after generation {len(history) - 1} of "
                      f"{self.config.generations} ({self.store.workdir})")
         first = None if history else self.first_population()  # may raise: before training
+        self.evaluate_all(([(baseline, "baseline")] if baseline is not None else [])
+                          + [(genome, "") for genome in first or []])
         if baseline is not None:
-            self.state["baseline"] = self.evaluate(baseline, tag="baseline")["key"]
+            self.state["baseline"] = baseline.key
         if history:
             population = [self.load(k) for k in history[-1]["population"]]
             for entry in history:  # what earlier generations evaluated counts as done
                 self.done += len(entry["offspring"])
         else:
-            for genome in first:
-                self.evaluate(genome)
             self.finish_generation(0, first, first)
             population = first
         while len(history) <= self.config.generations:
@@ -200,8 +235,7 @@ class _Loop:
             population, objectives(parents), self.space, rng, self.config.population,
             accept=lambda g: g.key not in seen and not self.budget.check(g)[1],
             crossover_prob=self.config.crossover_prob)
-        for child in children:
-            self.evaluate(child)
+        self.evaluate_all([(child, "") for child in children])
         combined = population + children
         keep = nsga.select(objectives([self.records[g.key] for g in combined]),
                            self.config.population)
@@ -240,27 +274,72 @@ class _Loop:
             self.evaluate(genome, tag="record lost", count=False)
         return genome
 
-    def evaluate(self, genome: Genome, tag: str = "", count: bool = True) -> dict:
-        """The genome's record: read back when stored, else trained and stored."""
+    def evaluate_all(self, items: list[tuple[Genome, str]]) -> None:
+        """Every (genome, tag)'s record, as `evaluate` one after another. With a pool, the
+        genomes not stored yet train at once first; their records are written here, in order.
+        An evaluation that raises stops the search (its exception is raised) once the ones
+        already running have been stored; the queued ones are dropped."""
+        running = {}
+        if self.pool is not None:
+            for genome, _ in items:
+                key = genome.key
+                if key not in self.records and key not in running and self.stored(key) is None:
+                    running[key] = self.pool.submit(key, self.train, genome)
+        error = None
+        for genome, tag in items:
+            future = running.get(genome.key)
+            if error is not None and (future is None or future.cancelled()):
+                continue  # a sequential search would not have got here
+            try:
+                self.evaluate(genome, tag, running=future)
+            except BaseException as e:
+                for queued in running.values():
+                    queued.cancel()
+                raised_by_worker = (future is not None and future.done()
+                                    and not future.cancelled() and future.exception() is e)
+                if not raised_by_worker:  # the search's own error, or an interrupt: at once
+                    raise
+                error = error or e
+        if error is not None:
+            raise error
+
+    def stored(self, key: str) -> dict | None:
+        """The genome's stored record when it was scored the way this search scores."""
+        record = self.store.read_record(key)
+        if record is not None and record.get("evaluation_key") == self.evaluation_key:
+            return record
+        return None
+
+    def train(self, genome: Genome) -> tuple[dict, float, str | None]:
+        """(evaluation, seconds, device name or None) of one evaluator call (in a worker
+        thread when the search has a pool: it writes nothing of the search's)."""
+        t0 = time.time()
+        evaluation = dict(self.evaluator(genome, self.store.genome_dir(genome)))
+        return evaluation, time.time() - t0, parallel.worker_device()
+
+    def evaluate(self, genome: Genome, tag: str = "", count: bool = True,
+                 running=None) -> dict:
+        """The genome's record: read back when stored, else trained and stored. running: the
+        future of its `train` call in the pool (it was not stored when submitted)."""
         key = genome.key
         if key in self.records:
             return self.records[key]
-        record = self.store.read_record(key)
-        if record is not None and record.get("evaluation_key") == self.evaluation_key:
+        record = None if running is not None else self.stored(key)
+        if record is not None:
             self.done += count
             self.progress(record, "stored, skipped", tag)
         else:
             costs, _ = self.budget.check(genome)
-            t0 = time.time()
-            evaluation = dict(self.evaluator(genome, self.store.genome_dir(genome)))
-            spent = time.time() - t0
+            evaluation, spent, device = (running.result() if running is not None
+                                         else self.train(genome))
             record = self.store.write_record(genome, costs=costs.to_json(),
                                              evaluation=evaluation,
                                              evaluation_key=self.evaluation_key)
             self.done += count
             self.calls += 1
             self.evaluated_s += spent
-            self.progress(record, f"evaluated in {_duration(spent)}", tag)
+            where = f" on {device}" if device else ""
+            self.progress(record, f"evaluated in {_duration(spent)}{where}", tag)
         self.records[key] = record
         return record
 
@@ -270,7 +349,7 @@ class _Loop:
         best = max(scored, key=score_of, default=None)
         best_text = (f"; best so far {score_of(best):.3f} {best['label']}"
                      if best is not None else "")
-        eta = (self.evaluated_s / self.calls * max(self.total - self.done, 0)
+        eta = (self.evaluated_s / self.calls * max(self.total - self.done, 0) / self.workers
                if self.calls else None)
         where = tag or f"gen {self.generation}/{self.config.generations}"
         self.log(f"[{where}, evaluation "

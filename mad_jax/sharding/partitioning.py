@@ -206,6 +206,8 @@ class Partitioner:
                 raise ValueError("pass the shardings of the global batch with a host-local batch")
             shardings = self.batch_shardings(batch)
         if global_batch is None:
+            if all(s.is_fully_addressable for s in jax.tree.leaves(shardings)):
+                return jax.device_put(batch, shardings)  # one process: slices on the host
             return jax.tree.map(
                 lambda x, s: jax.make_array_from_callback(np.shape(x), s,
                                                           lambda idx: np.asarray(x[idx])),

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
+import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -36,7 +38,10 @@ from mad_jax.training.steps import make_eval_step, make_train_step
 
 # Bump when the layout of a checkpointed grid state changes: older checkpoints then restart.
 STATE_FORMAT = 2
-_MAX_PROGRAMS = 16
+_MAX_PROGRAMS = 32  # per cache; a search over 8 devices holds each program once per device
+# The caches are shared by threads that train on different devices (search.parallel): the lock
+# guards their lookups and inserts, never a compile.
+_CACHE_LOCK = threading.Lock()
 _PROGRAMS: "collections.OrderedDict[tuple, Programs]" = collections.OrderedDict()
 _CREATORS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
@@ -45,17 +50,21 @@ def make_partitioner(mesh: str, *, group_size: int, batch_sizes: Mapping[str, in
                      rules: str = "", dcn_mesh: str = ""):
     """The `mad_jax.sharding.Partitioner` every state is created through.
 
-    mesh: "" trains on one device (a 1x1 mesh over this process's first device); "auto" puts as
-      many runs side by side as divide both the runs and the devices and uses the remaining
-      devices data parallel; or axis sizes ("sweep:2,data:4").
+    mesh: "" trains on one device: a 1x1 mesh over the default device when one is set
+      (`with jax.default_device(d):`, thread-local, so each thread may train on its own), else
+      over this process's first device (the mesh names its device, so compiled programs are
+      cached per device); "auto" puts as many runs side by side as divide both the runs and
+      the devices and uses the remaining devices data parallel; or axis sizes ("sweep:2,data:4").
     group_size: runs trained together (the vmapped grid); the mesh's `sweep` axis must divide it.
     batch_sizes: name -> size of every batch the runs see; each must divide over data x fsdp.
     """
     from mad_jax import sharding
 
     if not mesh:
-        return sharding.Partitioner.create("data:1", rules=rules or None,
-                                           devices=jax.local_devices()[:1])
+        device = jax.config.jax_default_device
+        if device is None or isinstance(device, str):  # None or a platform name ("cpu")
+            device = jax.local_devices(backend=device)[0]
+        return sharding.Partitioner.create("data:1", rules=rules or None, devices=[device])
     spec = sharding.sweep_mesh(group_size) if mesh == "auto" else mesh
     part = sharding.Partitioner.create(spec, rules=rules or None, dcn_mesh=dcn_mesh or None)
     sweep = part.mesh.shape["sweep"]
@@ -91,11 +100,15 @@ def create_state(part, create_fn: Callable, *args, params_specs,
         return sharded_create(*args), shardings
     full_key = (key, part.mesh, part.rules, jax.tree.structure(args),
                 tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
-    if full_key not in _CREATORS:
-        _CREATORS[full_key] = compile_create()
-        if len(_CREATORS) > _MAX_PROGRAMS:
-            _CREATORS.popitem(last=False)
-    sharded_create, shardings = _CREATORS[full_key]
+    with _CACHE_LOCK:
+        cached = _CREATORS.get(full_key)
+    if cached is None:
+        cached = compile_create()
+        with _CACHE_LOCK:
+            _CREATORS[full_key] = cached
+            if len(_CREATORS) > _MAX_PROGRAMS:
+                _CREATORS.popitem(last=False)
+    sharded_create, shardings = cached
     return sharded_create(*args), shardings
 
 
@@ -146,9 +159,21 @@ class Programs:
         return jax.device_get(self.evaluate(gstate, *placed_eval_set))
 
 
+# XLA:CPU options of compile_effort="fast": the optimised HLO is the same, the machine code is
+# not optimised by LLVM (and the classic elemental emitters skip the fusion emitters' passes).
+FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def compiler_options(compile_effort: str, platform: str) -> dict:
+    """The per-program XLA options of `compile_effort` ("full" | "fast") on `platform`."""
+    if compile_effort not in ("full", "fast"):
+        raise ValueError(f"unknown compile_effort {compile_effort!r}; valid: full, fast")
+    return dict(FAST_CPU_COMPILE) if compile_effort == "fast" and platform == "cpu" else {}
+
+
 def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, batch_shape,
                      eval_shape, vmapped: bool, precision: str = "float32",
-                     packed: bool = False) -> Programs:
+                     packed: bool = False, compile_effort: str = "full") -> Programs:
     """Compiles (or reuses) the train and evaluate programs of these shapes on `part`'s mesh.
 
     batch_shape: (B, L) of a train batch; eval_shape: (Nb, B, L) of a padded eval set. packed:
@@ -156,10 +181,12 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
     batch_shape is (R, B, L) and eval_shape (Nb, R, B, L).
     Equal flax modules (they hash by their fields, resolved layer classes included), optimizers,
     shapes and meshes share one executable; the schedule and the hyperparameters are state
-    arrays, so they are not part of the key.
+    arrays, so they are not part of the key. compile_effort: see `compiler_options`.
     """
+    options = compiler_options(compile_effort, part.mesh.devices.flat[0].platform)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), gstate)
-    key = (model, tx, precision, vmapped, packed, part.mesh, part.rules,
+    key = (model, tx, precision, vmapped, packed, tuple(sorted(options.items())), part.mesh,
+           part.rules,
            jax.tree.structure(abstract),
            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract)),
            tuple(batch_shape), tuple(eval_shape))
@@ -167,9 +194,12 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
         hash(key)
     except TypeError:  # a model with unhashable fields: compile for this call only
         key = None
-    if key is not None and key in _PROGRAMS:
-        _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key]
+    if key is not None:
+        with _CACHE_LOCK:
+            cached = _PROGRAMS.get(key)
+            if cached is not None:
+                _PROGRAMS.move_to_end(key)
+                return cached
 
     batch = {k: jax.ShapeDtypeStruct(tuple(batch_shape), jnp.int32) for k in ("inputs", "targets")}
     eval_set = (jax.ShapeDtypeStruct(tuple(eval_shape), jnp.int32),) * 2
@@ -184,14 +214,16 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
                                       vmapped=vmapped, packed=packed)
     grid_evaluate = make_grid_evaluate(make_grid_eval_step(
         make_eval_step(model, precision=precision), vmapped=vmapped, packed=packed))
-    train = part.train_step(grid_train, state_shardings, batch_sh).lower(abstract, batch).compile()
+    train = part.train_step(grid_train, state_shardings, batch_sh).lower(abstract, batch).compile(
+        compiler_options=options or None)
     evaluate = part.jit(grid_evaluate, (state_shardings, *eval_sh), part.replicated()).lower(
-        abstract, *eval_set).compile()
+        abstract, *eval_set).compile(compiler_options=options or None)
     programs = Programs(part, state_shardings, batch_sh, eval_sh, train, evaluate)
     if key is not None:
-        _PROGRAMS[key] = programs
-        if len(_PROGRAMS) > _MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
+        with _CACHE_LOCK:
+            _PROGRAMS[key] = programs
+            if len(_PROGRAMS) > _MAX_PROGRAMS:
+                _PROGRAMS.popitem(last=False)
     return programs
 
 
@@ -249,20 +281,23 @@ def train_loop(gstate: GridState, programs: Programs, batches: Iterator[dict], *
     returns the state to go on with (it logs, evaluates, marks runs stopped). Checkpoint steps
     are boundaries too, so no partial average is lost across a restart. Returns (state, step).
     """
-    step, summed, count = start, None, 0
+    # The step's metrics stay on the device until a boundary reads them all back in one
+    # transfer: an eager add per metric per step would cost more than a tiny model's step.
+    step, pending = start, []
     while step < total and keep_going():
         gstate, metrics = programs.train(gstate, next(batches))
         step += 1
-        summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-        count += 1
+        pending.append(metrics)
         stop_signal = signals.take_up() if step < total else None
         save_now = checkpointing is not None and step < total and (
             stop_signal is not None
             or bool(checkpointing.every) and step % checkpointing.every == 0)
         if not (save_now or stop_signal is not None or is_boundary(step)):
             continue
-        means = {k: np.asarray(v) / count for k, v in jax.device_get(summed).items()}
-        summed, count = None, 0
+        fetched = jax.device_get(pending)
+        means = {k: functools.reduce(np.add, [np.asarray(m[k]) for m in fetched]) / len(fetched)
+                 for k in fetched[0]}
+        pending = []
         gstate = on_boundary(step, gstate, means)
         if save_now:
             checkpointing.save(step, gstate)

@@ -246,7 +246,7 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
       baseline's); training sets may differ in size. Every run keeps what it would have alone:
       its own data order (the setting's shuffled batches), its schedule over its own epochs, its
       evaluation points, early stop and NaN freeze. Only `config.vmap=True` packs.
-    out_dir: checkpoints (`<out_dir>/checkpoints`) and per-run metrics
+    out_dir: checkpoints (`<out_dir>/checkpoints/<first setting name>`) and per-run metrics
       (`<out_dir>/<setting name>/<run_name>/`; names `setting_names`, default setting_<i>),
       resumed like `fit`'s (the loss-curve point spanning a restart covers the steps after it).
     Returns one list of result dicts per setting, in `config.seeded_runs` order.
@@ -294,8 +294,9 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
         totals=np.array([data[d].total for d in owner]),
         eval_every=np.array([data[d].eval_every for d in owner]),
         ckpt_every=min((d.ckpt_every for d in data if d.ckpt_every), default=None),
-        ckpt_dir=(local_checkpoint_dir(storage.join(out_dir, "checkpoints")) if out_dir
-                  else None),
+        # One folder per pack (named by its first setting): packs of one task never share one.
+        ckpt_dir=(local_checkpoint_dir(storage.join(out_dir, "checkpoints", folders[0]))
+                  if out_dir else None),
         out_dir=out_dir, names=names, fingerprint=_fingerprint(model, cfg, n_params, data),
         on_log=on_log, log=log,
         sample_shape=(len(runs), cfg.batch_size, data[0].train[0].shape[1]), vmapped=True,
@@ -440,7 +441,8 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
     programs = loop.compile_programs(model, tx, part, gstate, state_sh,
                                      batch_shape=sample_shape,
                                      eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
-                                     precision=cfg.precision, packed=packed)
+                                     precision=cfg.precision, packed=packed,
+                                     compile_effort=cfg.compile_effort)
     compile_s = time.perf_counter() - t0
     if compile_s >= 1.0:  # reused programs (same model and shapes) come back at once
         log(f"compiled in {compile_s:.1f}s")
