@@ -427,6 +427,18 @@ def test_select_on_validation_end_to_end(tmp_path):
     assert "chosen on the held-out validation split" in text
 
 
+def _assert_same_rows(a, b, n):
+    """Two results tables hold the same n runs with the same outcomes (sums in another order)."""
+    key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
+    a, b = (t.sort_values(key).reset_index(drop=True) for t in (a, b))
+    assert len(a) == len(b) == n and (a[key] == b[key]).all().all()
+    cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
+                               atol=1e-5)
+    steps = ["steps", "total_steps", "best_step"]
+    assert (a[steps] == b[steps]).all().all()
+
+
 def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
     """pack=True trains compression's settings of vocabulary 16 and length 32 (the baseline and
     two training-set sizes, capped here) in one program and the vocabulary-32 one alone: the
@@ -449,15 +461,7 @@ def test_packed_settings_give_the_rows_of_settings_trained_one_by_one(tmp_path):
     packed = run(tmp_path / "packed", True, messages.append)
     alone = run(tmp_path / "alone", False)
     assert any("3 settings packed" in m for m in messages), messages
-    key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
-    a = packed.sort_values(key).reset_index(drop=True)
-    b = alone.sort_values(key).reset_index(drop=True)
-    assert len(a) == len(b) == 4 and (a[key] == b[key]).all().all()
-    cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
-    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
-                               atol=1e-5)
-    steps = ["steps", "total_steps", "best_step"]
-    assert (a[steps] == b[steps]).all().all()
+    _assert_same_rows(packed, alone, 4)
     messages.clear()
     run(tmp_path / "packed", True, messages.append)
     assert sum("done, skipped" in m for m in messages) == 4
@@ -519,15 +523,7 @@ def test_pack_max_runs_splits_a_batch_of_settings_into_programs_with_the_same_ro
                in m for m in bounded_log), bounded_log
     assert any("2 settings packed" in m for m in bounded_log), bounded_log
     assert any("3 settings packed" in m for m in unbounded_log), unbounded_log
-    key = ["task", "setting", "learning_rate", "weight_decay", "seed"]
-    a = bounded.sort_values(key).reset_index(drop=True)
-    b = unbounded.sort_values(key).reset_index(drop=True)
-    assert len(a) == len(b) == 3 and (a[key] == b[key]).all().all()
-    cols = ["final_test_acc", "best_test_acc", "test_loss", "final_train_loss"]
-    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-4,
-                               atol=1e-5)
-    assert (a[["steps", "total_steps", "best_step"]] == b[["steps", "total_steps",
-                                                          "best_step"]]).all().all()
+    _assert_same_rows(bounded, unbounded, 3)
 
 
 @pytest.mark.parametrize("value", [0, -2, 2.5, "4", True])

@@ -215,22 +215,6 @@ def test_same_seed_same_curve(grid_vmapped):
         assert a["loss_curve"] == b["loss_curve"] and a["eval_curve"] == b["eval_curve"]
 
 
-def test_fast_compile_effort_trains_the_same_runs():
-    """compile_effort="fast" changes how XLA:CPU builds the programs, not what they compute."""
-    from mad_jax.training import loop
-
-    assert loop.compiler_options("fast", "cpu") == loop.FAST_CPU_COMPILE
-    assert loop.compiler_options("fast", "gpu") == {} == loop.compiler_options("full", "cpu")
-    with pytest.raises(ValueError, match="unknown compile_effort 'quick'; valid: full, fast"):
-        TrainConfig(compile_effort="quick")
-    config = {"grid": training.DEFAULT_GRID[:2], "train_steps": 8}
-    full, fast = fit(config), fit(dict(config, compile_effort="fast"))
-    for a, b in zip(full, fast):
-        np.testing.assert_allclose(np.array(a["loss_curve"]), np.array(b["loss_curve"]),
-                                   rtol=1e-4, atol=1e-5)
-        assert a["final_test_acc"] == pytest.approx(b["final_test_acc"], abs=1e-4)
-
-
 # Tests below use 6-run grids so that they reuse the fixture's compiled program.
 
 def test_nonfinite_run_stops_others_continue():

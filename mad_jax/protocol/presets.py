@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
         settings="baseline",
         train={"train_steps": 16, "batch_size": 8, "max_train_examples": 256,
                "max_test_examples": 64, "eval_every_steps": 8, "checkpoint_every_steps": 8,
-               "log_every_steps": 4, "schedule": "per-step", "compile_effort": "fast"},
+               "log_every_steps": 4, "schedule": "per-step"},
     ),
 }
 

@@ -15,7 +15,7 @@ _UNITS = ("steps", "epochs", "examples")
 # restores onto any mesh).
 NOT_IDENTITY = ("mesh", "sharding_rules", "dcn_mesh", "log_every_steps", "tensorboard",
                 "keep_checkpoints", "vmap", "checkpoint_every_steps", "checkpoint_every_epochs",
-                "checkpoint_every_examples", "compile_effort")
+                "checkpoint_every_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +60,6 @@ class TrainConfig:
     # stay those of `seed`); None: just `seed`.
     seeds: tuple[int, ...] | None = None
     precision: str = "float32"                  # "float32" | "bfloat16" (bf16 compute, f32 params)
-    # "full": XLA's default optimisation. "fast" (CPU only; ignored elsewhere): no LLVM
-    # optimisation, classic emitters: compiles ~3-4x faster, steps ~2x slower, for runs of a few
-    # steps (the smoke preset) whose compile time dominates.
-    compile_effort: str = "full"
     schedule: str = "per-epoch"                 # "per-epoch" (the reference's staircase) | "per-step"
     select_on: str = "test"                     # early stopping and model selection: "test" (the
                                                 # reference) | "validation" (a held-out split)
@@ -111,8 +107,7 @@ class TrainConfig:
         self._check_ranges()
         for field, valid in (("precision", ("float32", "bfloat16")),
                              ("schedule", ("per-epoch", "per-step")),
-                             ("select_on", ("test", "validation")),
-                             ("compile_effort", ("full", "fast"))):
+                             ("select_on", ("test", "validation"))):
             if getattr(self, field) not in valid:
                 raise ValueError(f"unknown {field} {getattr(self, field)!r}; valid: "
                                  f"{', '.join(valid)}")

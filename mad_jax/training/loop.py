@@ -159,21 +159,9 @@ class Programs:
         return jax.device_get(self.evaluate(gstate, *placed_eval_set))
 
 
-# XLA:CPU options of compile_effort="fast": the optimised HLO is the same, the machine code is
-# not optimised by LLVM (and the classic elemental emitters skip the fusion emitters' passes).
-FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def compiler_options(compile_effort: str, platform: str) -> dict:
-    """The per-program XLA options of `compile_effort` ("full" | "fast") on `platform`."""
-    if compile_effort not in ("full", "fast"):
-        raise ValueError(f"unknown compile_effort {compile_effort!r}; valid: full, fast")
-    return dict(FAST_CPU_COMPILE) if compile_effort == "fast" and platform == "cpu" else {}
-
-
 def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, batch_shape,
                      eval_shape, vmapped: bool, precision: str = "float32",
-                     packed: bool = False, compile_effort: str = "full") -> Programs:
+                     packed: bool = False) -> Programs:
     """Compiles (or reuses) the train and evaluate programs of these shapes on `part`'s mesh.
 
     batch_shape: (B, L) of a train batch; eval_shape: (Nb, B, L) of a padded eval set. packed:
@@ -181,12 +169,10 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
     batch_shape is (R, B, L) and eval_shape (Nb, R, B, L).
     Equal flax modules (they hash by their fields, resolved layer classes included), optimizers,
     shapes and meshes share one executable; the schedule and the hyperparameters are state
-    arrays, so they are not part of the key. compile_effort: see `compiler_options`.
+    arrays, so they are not part of the key.
     """
-    options = compiler_options(compile_effort, part.mesh.devices.flat[0].platform)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), gstate)
-    key = (model, tx, precision, vmapped, packed, tuple(sorted(options.items())), part.mesh,
-           part.rules,
+    key = (model, tx, precision, vmapped, packed, part.mesh, part.rules,
            jax.tree.structure(abstract),
            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract)),
            tuple(batch_shape), tuple(eval_shape))
@@ -214,10 +200,9 @@ def compile_programs(model, tx, part, gstate: GridState, state_shardings, *, bat
                                       vmapped=vmapped, packed=packed)
     grid_evaluate = make_grid_evaluate(make_grid_eval_step(
         make_eval_step(model, precision=precision), vmapped=vmapped, packed=packed))
-    train = part.train_step(grid_train, state_shardings, batch_sh).lower(abstract, batch).compile(
-        compiler_options=options or None)
+    train = part.train_step(grid_train, state_shardings, batch_sh).lower(abstract, batch).compile()
     evaluate = part.jit(grid_evaluate, (state_shardings, *eval_sh), part.replicated()).lower(
-        abstract, *eval_set).compile(compiler_options=options or None)
+        abstract, *eval_set).compile()
     programs = Programs(part, state_shardings, batch_sh, eval_sh, train, evaluate)
     if key is not None:
         with _CACHE_LOCK:

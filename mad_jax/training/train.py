@@ -441,8 +441,7 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
     programs = loop.compile_programs(model, tx, part, gstate, state_sh,
                                      batch_shape=sample_shape,
                                      eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
-                                     precision=cfg.precision, packed=packed,
-                                     compile_effort=cfg.compile_effort)
+                                     precision=cfg.precision, packed=packed)
     compile_s = time.perf_counter() - t0
     if compile_s >= 1.0:  # reused programs (same model and shapes) come back at once
         log(f"compiled in {compile_s:.1f}s")
