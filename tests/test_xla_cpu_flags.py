@@ -1,5 +1,8 @@
-"""The XLA:CPU flag that switches off YNNPACK fusions (mad_jax/xla_cpu_flags.py)."""
+"""XLA:CPU settings (mad_jax/xla_cpu_flags.py): the flag that switches off YNNPACK fusions, and
+the compile options of programs that run once."""
 import os
+
+import jax
 
 from mad_jax import xla_cpu_flags
 
@@ -33,3 +36,20 @@ def test_this_process_runs_with_the_flag():
     low, high = xla_cpu_flags._KNOWN_RANGE
     if low <= xla_cpu_flags._jaxlib_version() < high:
         assert xla_cpu_flags.YNN_FLAG in os.environ["XLA_FLAGS"]
+
+
+def test_run_once_programs_skip_llvm_optimisation_on_the_cpu_only():
+    assert xla_cpu_flags.run_once_options("cpu") == {"xla_backend_optimization_level": 0}
+    assert xla_cpu_flags.run_once_options("gpu") is None
+    assert xla_cpu_flags.run_once_options("tpu") is None
+    # XLA accepts the option on this backend (it rejects names it does not know).
+    options = xla_cpu_flags.run_once_options(xla_cpu_flags.default_platform())
+    assert float(jax.jit(lambda x: x * 2 + 1, compiler_options=options)(3.0)) == 7.0
+
+
+def test_default_platform_follows_the_default_device():
+    assert xla_cpu_flags.default_platform() == jax.default_backend()
+    with jax.default_device(jax.devices("cpu")[-1]):
+        assert xla_cpu_flags.default_platform() == "cpu"
+    with jax.default_device("cpu"):  # a platform name
+        assert xla_cpu_flags.default_platform() == "cpu"

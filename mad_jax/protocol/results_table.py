@@ -6,7 +6,11 @@ the row, so a smoke score is never mistaken for a MAD score; `seed` the run's in
 are macro (the reference's metric) unless they end in `_micro`; `final_val_acc*` are filled when
 the protocol selected runs on the validation split, which `select_on` records; `is_mad_score`
 says whether the run's preset, budget and grid are the MAD protocol's; `fingerprint` is the hash of
-the run's identity, `mad_jax.protocol.fingerprint`):
+the run's identity, `mad_jax.protocol.fingerprint`; `compile_time_s` the seconds its group's
+programs took to compile (initial parameters, state create, train step and evaluation, shared by
+the runs of one program; near 0 when this process compiled them before, the tracing alone when
+the persistent compilation cache holds them), beside `wall_time_s`, its training and evaluation
+after that):
 """
 from __future__ import annotations
 

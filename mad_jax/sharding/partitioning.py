@@ -23,6 +23,7 @@ import numpy as np
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mad_jax import xla_cpu_flags
 from mad_jax.sharding.mesh import make_mesh
 from mad_jax.sharding.rules import DEFAULT_RULES, Rules, make_rules, mesh_spec
 
@@ -185,7 +186,11 @@ class Partitioner:
                                             sweep=sweep)
         # The out_shardings alone make XLA create every array in its sharding; no mesh context
         # is needed here (flax 0.12's nn.DenseGeneral could not take one: google/flax#3676).
-        return jax.jit(lambda *a: unbox(create_fn(*a)), out_shardings=shardings), shardings
+        # A create runs once per state: it compiles as such (on the CPU, without LLVM
+        # optimisation; mad_jax.xla_cpu_flags).
+        options = xla_cpu_flags.run_once_options(self.mesh.devices.flat[0].platform)
+        return jax.jit(lambda *a: unbox(create_fn(*a)), out_shardings=shardings,
+                       compiler_options=options), shardings
 
     def init(self, create_fn: Callable, *args, params_specs=None, sweep: bool = False):
         """Runs `create_fn(*args)` once, outputs sharded from the start: (state, shardings)."""

@@ -15,6 +15,7 @@ import optax
 from flax import struct
 from flax.core import meta
 
+from mad_jax import xla_cpu_flags
 from mad_jax.training import losses
 from mad_jax.training.optimizer import set_hyperparams, warmup_cosine
 from mad_jax.training.precision import cast_params, compute_model
@@ -34,21 +35,31 @@ class TrainState:
                            # so one compiled step serves any run, budget and schedule
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _init_variables(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
     return model.init(rng, sample_inputs_BxL)
+
+
+@functools.cache
+def _compiled_init(platform: str) -> Callable:
+    """The jitted init for `platform`, compiled as a program that runs once
+    (`xla_cpu_flags.run_once_options`)."""
+    return jax.jit(_init_variables, static_argnums=0,
+                   compiler_options=xla_cpu_flags.run_once_options(platform))
 
 
 def init_params(model: nn.Module, rng: jax.Array, sample_inputs_BxL: jax.Array):
     """Model parameters from `model.init` (only the "params" collection is trained).
 
-    Flax modules hash by their fields, so equal models share one compiled init.
+    Flax modules hash by their fields, so equal models share one compiled init; it is compiled
+    as a program that runs once (on the CPU without LLVM optimisation: `mad_jax.xla_cpu_flags`).
     """
+    platform = xla_cpu_flags.default_platform()
     try:
         hash(model)
     except TypeError:  # a module with unhashable fields: compile for this call only
-        return jax.jit(model.init)(rng, sample_inputs_BxL)["params"]
-    return _init_variables(model, rng, sample_inputs_BxL)["params"]
+        init = jax.jit(model.init, compiler_options=xla_cpu_flags.run_once_options(platform))
+        return init(rng, sample_inputs_BxL)["params"]
+    return _compiled_init(platform)(model, rng, sample_inputs_BxL)["params"]
 
 
 def init_train_state(params, tx: optax.GradientTransformation, *, learning_rate, weight_decay,

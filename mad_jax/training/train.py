@@ -195,7 +195,9 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
                       checkpoints=bool(out_dir))
     tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     sample = jnp.asarray(data.train[0][:1], jnp.int32)
+    t0 = time.perf_counter()
     inits = _initial_params(model, cfg, sample)
+    init_s = time.perf_counter() - t0  # compiling the init, mostly
     n_params = count_params(inits[cfg.run_seeds[0]][0])
     runs = cfg.seeded_runs
     part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
@@ -226,7 +228,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
             ckpt_every=data.ckpt_every, ckpt_dir=ckpt_dir, out_dir=out_dir, names=names,
             fingerprint=fingerprint, on_log=on_log, log=log,
             sample_shape=(cfg.batch_size, data.train[0].shape[1]), vmapped=vmapped,
-            packed=False, seed_axis=seed_axis)
+            packed=False, seed_axis=seed_axis, init_s=init_s if group is groups[0] else 0.0)
         for i, res in zip(group, group_results):
             res["params"] = n_params
             results[i] = res
@@ -265,7 +267,9 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
                          f"got {sorted(map(str, shapes))}: pack only settings of equal shapes")
     tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     sample = jnp.asarray(data[0].train[0][:1], jnp.int32)
+    t0 = time.perf_counter()
     inits = _initial_params(model, cfg, sample)
+    init_s = time.perf_counter() - t0
     n_params = count_params(inits[cfg.run_seeds[0]][0])
     runs = [(d, lr, wd, seed) for d in range(len(data)) for lr, wd, seed in cfg.seeded_runs]
     owner = np.array([d for d, *_ in runs])  # run -> its setting
@@ -300,7 +304,7 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
         out_dir=out_dir, names=names, fingerprint=_fingerprint(model, cfg, n_params, data),
         on_log=on_log, log=log,
         sample_shape=(len(runs), cfg.batch_size, data[0].train[0].shape[1]), vmapped=True,
-        packed=True, seed_axis=seed_axis)
+        packed=True, seed_axis=seed_axis, init_s=init_s)
     per_setting: list[list[dict]] = [[] for _ in data]
     for d, res in zip(owner, out):
         res["params"] = n_params
@@ -426,9 +430,14 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
                  cfg: TrainConfig, totals: np.ndarray, eval_every: np.ndarray,
                  ckpt_every: int | None, ckpt_dir: str | None, out_dir: str | None,
                  names: list[str], fingerprint: dict, on_log, log, sample_shape, vmapped: bool,
-                 packed: bool, seed_axis: bool) -> list[dict]:
-    """Trains one group of runs (vmapped together, packed, or one run) through the loop."""
+                 packed: bool, seed_axis: bool, init_s: float = 0.0) -> list[dict]:
+    """Trains one group of runs (vmapped together, packed, or one run) through the loop.
+
+    init_s: seconds the initial parameters took (their compile, mostly); the group's compile
+    time counts them with its create, train and eval programs."""
+    t0 = time.perf_counter()
     fresh, state_sh = create()
+    create_s = time.perf_counter() - t0
     fingerprint = dict(fingerprint, runs=[list(g) for g in grid], vmapped=vmapped)
     ckpt, gstate, meta = loop.open_checkpoint(ckpt_dir, fingerprint, fresh, log)
     resumed = meta is not None
@@ -442,7 +451,7 @@ def _train_group(grid, create, model, tx, part, *, eval_sets: dict, batch_fn: Ba
                                      batch_shape=sample_shape,
                                      eval_shape=eval_sets["test"][0].shape, vmapped=vmapped,
                                      precision=cfg.precision, packed=packed)
-    compile_s = time.perf_counter() - t0
+    compile_s = init_s + create_s + time.perf_counter() - t0
     if compile_s >= 1.0:  # reused programs (same model and shapes) come back at once
         log(f"compiled in {compile_s:.1f}s")
     placed = {name: programs.place_eval_set(s) for name, s in eval_sets.items()}
