@@ -116,11 +116,11 @@ def _conv_models(case: Case, itemsize: int, block_t: int):
     if case.impl == "pallas":  # T x T Toeplitz tiles for lag blocks 0..i: (L^2 + L T) / 2 MACs
         fwd = 1.0 * b * d * (l * l + l * block_t)          # per (b, d); dx and dh cost the same
         case.fwd_flops, case.fwd_bwd_flops = fwd, 3 * fwd
-    else:  # rfft(x), irfft(y) of length 2L per (b, d), plus the spectral product
-        n = 2 * l
+    else:  # rfft(x), irfft(y) of length ops.fft_size(L) (about 2L), plus the spectral product
+        n = ops.fft_size(l)
         fft = 2.5 * n * math.log2(n)
-        case.fwd_flops = b * d * (2 * fft + 6 * (l + 1))
-        case.fwd_bwd_flops = case.fwd_flops + b * d * (4 * fft + 12 * (l + 1))
+        case.fwd_flops = b * d * (2 * fft + 6 * (n // 2 + 1))
+        case.fwd_bwd_flops = case.fwd_flops + b * d * (4 * fft + 12 * (n // 2 + 1))
     case.flop_unit = "float32" if itemsize == 4 else "bfloat16"
     if case.impl == "xla":
         case.flop_unit = "vector"

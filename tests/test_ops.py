@@ -34,7 +34,24 @@ def naive_causal_conv(x, h):
     return y
 
 
-@pytest.mark.parametrize("seq_len,filter_len", [(1, 1), (7, 7), (16, 16), (13, 5), (32, 1)])
+def test_fft_size_is_the_smallest_fast_length_without_wrap_around():
+    assert [ops.fft_size(L) for L in (1, 2, 7, 16, 127, 128, 1000)] == [1, 3, 15, 32, 256, 256,
+                                                                         2000]
+    for L in range(1, 300):
+        n = ops.fft_size(L)
+        assert n >= 2 * L - 1
+        assert all(not _smooth(m) for m in range(2 * L - 1, n)) and _smooth(n)
+
+
+def _smooth(n):
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+@pytest.mark.parametrize("seq_len,filter_len", [(1, 1), (7, 7), (16, 16), (13, 5), (32, 1),
+                                                (127, 127), (122, 40)])
 def test_fft_causal_conv_matches_naive(seq_len, filter_len):
     x = _rand(0, (2, seq_len, 3))
     h = _rand(1, (filter_len, 3))

@@ -20,7 +20,8 @@ def dense_flops(seq_len: int, d_in: int, d_out: int) -> int:
 
 
 def fft_conv_flops(seq_len: int, channels: int) -> int:
-    """FLOPs of a causal convolution of length `seq_len` over `channels` channels through FFT."""
+    """FLOPs of a causal convolution of length `seq_len` over `channels` channels through FFT,
+    counted at FFT length 2L (the reference's; `ops.fft_size` may run a few points longer)."""
     n = 2 * seq_len
     per_fft = 2.5 * n * math.log2(n)
     pointwise = 6 * (n // 2 + 1)

@@ -8,12 +8,13 @@ Public ops that take `impl="auto" | "xla" | "pallas"`:
 Ops with one implementation (no `impl`):
   generalized_delta_rule(q, k, v, a, b, log_decay_BxHxLxK=None)  RWKV-7 (diag + rank 1; lax.scan)
   linear_recurrence(a_BxLxD, b_BxLxD, h0=None)         h_t = a_t h_{t-1} + b_t (associative scan)
-References and oracles: fft_causal_conv, associative_selective_scan, selective_scan_sequential,
-linear_attention_chunked, linear_attention_recurrent, delta_rule_chunked, delta_rule_recurrent,
-generalized_delta_rule_recurrent, linear_recurrence_sequential. The process-wide default impl is
-set with `set_kernel_impl(...)` or, scoped, `with kernel_impl(...):`.
+References and oracles: fft_causal_conv (its FFT length: fft_size(L)), associative_selective_scan,
+selective_scan_sequential, linear_attention_chunked, linear_attention_recurrent,
+delta_rule_chunked, delta_rule_recurrent, generalized_delta_rule_recurrent,
+linear_recurrence_sequential. The process-wide default impl is set with `set_kernel_impl(...)` or,
+scoped, `with kernel_impl(...):`.
 """
-from mad_jax.ops.conv import causal_conv, fft_causal_conv
+from mad_jax.ops.conv import causal_conv, fft_causal_conv, fft_size
 from mad_jax.ops.delta_rule import (delta_rule, delta_rule_chunked, delta_rule_recurrent,
                                     generalized_delta_rule, generalized_delta_rule_recurrent)
 from mad_jax.ops.dispatch import IMPLS, get_kernel_impl, kernel_impl, set_kernel_impl
@@ -24,7 +25,7 @@ from mad_jax.ops.scan import associative_selective_scan, selective_scan, selecti
 
 __all__ = [
     "IMPLS", "associative_selective_scan", "causal_conv", "delta_rule", "delta_rule_chunked",
-    "delta_rule_recurrent", "fft_causal_conv", "generalized_delta_rule",
+    "delta_rule_recurrent", "fft_causal_conv", "fft_size", "generalized_delta_rule",
     "generalized_delta_rule_recurrent", "get_kernel_impl", "kernel_impl", "linear_attention",
     "linear_attention_chunked", "linear_attention_recurrent", "linear_recurrence",
     "linear_recurrence_sequential", "selective_scan", "selective_scan_sequential",
