@@ -126,13 +126,15 @@ def _plan_data(model, cfg: TrainConfig, train_data, test_data, validation_data, 
                        *(eval_sets["validation"] if validation_data is not None else ())))
 
 
-def _initial_params(model, cfg: TrainConfig, sample_1xL) -> dict:
-    """seed -> (initial parameters, state rng data), for every seed the runs use."""
+def _initial_params(model, cfg: TrainConfig, sample_1xL) -> tuple[dict, float]:
+    """(seed -> (initial parameters, state rng data) for every seed the runs use, the seconds
+    it took: compiling the init, mostly)."""
+    t0 = time.perf_counter()
     inits = {}
     for seed in cfg.run_seeds:
         init_rng, state_rng = jax.random.split(jax.random.key(seed))
         inits[seed] = (init_params(model, init_rng, sample_1xL), jax.random.key_data(state_rng))
-    return inits
+    return inits, time.perf_counter() - t0
 
 
 def _fingerprint(model, cfg: TrainConfig, n_params: int, data: Sequence[_Data]) -> dict:
@@ -195,9 +197,7 @@ def fit(model, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.nd
                       checkpoints=bool(out_dir))
     tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     sample = jnp.asarray(data.train[0][:1], jnp.int32)
-    t0 = time.perf_counter()
-    inits = _initial_params(model, cfg, sample)
-    init_s = time.perf_counter() - t0  # compiling the init, mostly
+    inits, init_s = _initial_params(model, cfg, sample)
     n_params = count_params(inits[cfg.run_seeds[0]][0])
     runs = cfg.seeded_runs
     part = make_partitioner(cfg, group_size=len(runs) if cfg.vmap else 1)
@@ -267,9 +267,7 @@ def fit_packed(model, datasets: Sequence[Mapping[str, Any]],
                          f"got {sorted(map(str, shapes))}: pack only settings of equal shapes")
     tx = make_optimizer(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     sample = jnp.asarray(data[0].train[0][:1], jnp.int32)
-    t0 = time.perf_counter()
-    inits = _initial_params(model, cfg, sample)
-    init_s = time.perf_counter() - t0
+    inits, init_s = _initial_params(model, cfg, sample)
     n_params = count_params(inits[cfg.run_seeds[0]][0])
     runs = [(d, lr, wd, seed) for d in range(len(data)) for lr, wd, seed in cfg.seeded_runs]
     owner = np.array([d for d, *_ in runs])  # run -> its setting
